@@ -42,7 +42,17 @@ __all__ = [
 
 
 class InwallError(Exception):
-    """Base of every error inwall raises on purpose."""
+    """Base of every error inwall raises on purpose.
+
+    ``error_code`` and ``details`` travel to API clients in
+    ``error.details`` (the SDK picks typed exception classes by the code).
+    """
+
+    def __init__(self, message: str, *, error_code: str | None = None, details: dict[str, object] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+        self.details = details or {}
 
 
 class ConfigError(InwallError):

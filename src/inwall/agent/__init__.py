@@ -1,0 +1,1 @@
+"""The brain: the turn loop, model providers, tool routing, offload and governance."""

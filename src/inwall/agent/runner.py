@@ -1,0 +1,458 @@
+"""The per-session turn runner: performs what ``turn.decide`` asks, one action at a time.
+
+A runner exists only while its session has something to do. It rebuilds its
+state from the event log when it starts, folds new events as they commit, and
+exits when the session is idle with nothing pending; the engine starts a new
+one on the next wake-up. Every state change it makes is an event appended in
+one transaction, so killing the server between any two lines loses nothing:
+the next runner reads the log and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import sqlalchemy as sa
+
+from inwall.agent.catalog import Catalog, CatalogTool, McpToolInfo, build_catalog, evaluate_permission
+from inwall.agent.models.base import ModelError, ModelProvider, ModelRequest, ModelResponse
+from inwall.agent.turn import (
+    CallModel,
+    EndTurn,
+    Interrupt,
+    Nothing,
+    RequireAction,
+    RunMcp,
+    ToolCall,
+    TurnState,
+    WaitForWorker,
+    decide,
+)
+from inwall.control.events import EventLog, Tx
+from inwall.control.status import change_status
+from inwall.control.work import WorkQueue
+from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
+from inwall.store import schema as s
+from inwall.store.db import Database
+
+__all__ = ["ProviderLookup", "RunnerDeps", "RunnerSettings", "SessionRunner", "ToolGate"]
+
+log = logging.getLogger(__name__)
+
+
+class ProviderLookup(Protocol):
+    def __call__(self, model_id: str) -> tuple[ModelProvider, str]: ...
+
+
+class ToolGate(Protocol):
+    """Governance seam: may this session's caller see / call this tool? (issue 6 plugs Cedar in here)."""
+
+    def visible(self, session: Mapping[str, Any], catalog: Catalog) -> Catalog: ...
+
+    async def check(
+        self, session: Mapping[str, Any], tool: CatalogTool, arguments: Mapping[str, Any]
+    ) -> tuple[bool, str]: ...
+
+
+class AllowAll:
+    def visible(self, session: Mapping[str, Any], catalog: Catalog) -> Catalog:
+        return catalog
+
+    async def check(
+        self, session: Mapping[str, Any], tool: CatalogTool, arguments: Mapping[str, Any]
+    ) -> tuple[bool, str]:
+        return True, "no policy configured"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    max_tokens: int = 8192
+    model_retry_base_s: float = 1.0
+    model_retry_cap_s: float = 30.0
+    model_max_attempts: int = 6
+    mcp_call_timeout_s: float = 120.0
+    wait_slice_s: float = 30.0
+
+
+@dataclass
+class RunnerDeps:
+    db: Database
+    log: EventLog
+    work: WorkQueue
+    providers: ProviderLookup
+    mcp: McpClientPool
+    settings: RunnerSettings = field(default_factory=RunnerSettings)
+    gate: ToolGate = field(default_factory=AllowAll)
+    mcp_cache: dict[str, dict[str, list[McpToolInfo]]] = field(default_factory=dict)
+    # Resolve an MCP server definition to a reference with credentials (static bearer tokens from config).
+    resolve_mcp: Callable[[Mapping[str, Any]], McpServerRef] = field(
+        default=lambda d: McpServerRef(name=str(d["name"]), url=str(d["url"]))
+    )
+    # Hook for large results (issue 5): may rewrite what the model sees.
+    after_result: Callable[[Tx, Mapping[str, Any], ToolCall, dict[str, Any]], Awaitable[None]] | None = None
+
+
+class _Interrupted(Exception):
+    """An interrupt arrived while a model or MCP call was in flight."""
+
+
+class SessionRunner:
+    def __init__(self, session_id: str, deps: RunnerDeps) -> None:
+        self.session_id = session_id
+        self.deps = deps
+        self.state = TurnState()
+
+    # -- main loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._refresh()
+        while True:
+            action = decide(self.state)
+            if isinstance(action, Nothing):
+                if not self.deps.log.bus.take_wake(self.session_id):
+                    return
+                await self._refresh()
+            elif isinstance(action, CallModel):
+                await self._call_model(action)
+            elif isinstance(action, RunMcp):
+                await self._run_mcp(action.call)
+            elif isinstance(action, WaitForWorker):
+                await self._ensure_running_with_worker()
+                await self._wait()
+            elif isinstance(action, RequireAction):
+                await self._require_action(action)
+                await self._wait()
+            elif isinstance(action, EndTurn):
+                async with self.deps.log.transaction() as tx:
+                    await change_status(tx, self.session_id, "idle", stop_reason={"type": "end_turn"})
+                await self._refresh()
+            elif isinstance(action, Interrupt):
+                await self._interrupt(action)
+
+    async def _refresh(self) -> None:
+        for ev in await self.deps.log.since(self.session_id, self.state.last_seq):
+            self.state.apply(ev.seq, ev.body, ev.internal, ev.processed_at is not None)
+
+    async def _wait(self) -> None:
+        await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
+        await self._refresh()
+
+    async def _session(self) -> dict[str, Any]:
+        async with self.deps.db.read() as conn:
+            row = (await conn.execute(sa.select(s.sessions).where(s.sessions.c.id == self.session_id))).mappings().one()
+        return dict(row)
+
+    # -- actions ---------------------------------------------------------------------
+
+    async def _ensure_running_with_worker(self) -> None:
+        session = await self._session()
+        async with self.deps.log.transaction() as tx:
+            if self.state.status == "idle":
+                await change_status(tx, self.session_id, "running")
+            await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        await self._refresh()
+
+    async def _require_action(self, action: RequireAction) -> None:
+        reason = {"type": "requires_action", "event_ids": list(action.event_ids)}
+        if self.state.status == "idle" and self.state.idle_reason == reason:
+            return
+        async with self.deps.log.transaction() as tx:
+            await change_status(tx, self.session_id, "idle", stop_reason=reason, force_event=True)
+            if any(self.state.calls[i].kind == "builtin" for i in action.event_ids if i in self.state.calls):
+                session = await self._session()
+                await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        await self._refresh()
+
+    async def _interrupt(self, action: Interrupt) -> None:
+        async with self.deps.log.transaction() as tx:
+            await tx.mark_processed(self.session_id, action.interrupt_ids)
+            await tx.mark_processed(self.session_id, action.dropped_inputs, consumed_step=-1)
+            for call_id in action.open_calls:
+                await self._record_result(
+                    tx,
+                    self.state.calls[call_id],
+                    [{"type": "text", "text": "Interrupted by the user before the tool call finished."}],
+                    is_error=True,
+                )
+            if self.state.status != "idle" or (self.state.idle_reason or {}).get("type") == "requires_action":
+                await change_status(tx, self.session_id, "idle", stop_reason={"type": "end_turn"}, force_event=True)
+        self.state.consumed(action.interrupt_ids, -1)
+        self.state.consumed(action.dropped_inputs, -1)
+        await self._refresh()
+
+    async def _catalog(self, session: Mapping[str, Any], *, turn_boundary: bool) -> Catalog:
+        agent = session["body"]["agent"]
+        servers = {d["name"]: d for d in agent.get("mcp_servers", [])}
+        cache = self.deps.mcp_cache.setdefault(self.session_id, {})
+        for stale in set(cache) - set(servers):
+            del cache[stale]
+        unavailable: dict[str, str] = {}
+        for name, definition in servers.items():
+            changed = turn_boundary and self.deps.mcp.tools_changed(self.session_id, name)
+            if name in cache and not changed:
+                continue
+            try:
+                cache[name] = await self.deps.mcp.list_tools(self.session_id, self.deps.resolve_mcp(definition))
+            except McpFailure as exc:
+                unavailable[name] = str(exc)
+                cache.pop(name, None)
+                await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
+        return self.deps.gate.visible(session, build_catalog(agent, cache, unavailable))
+
+    async def _call_model(self, action: CallModel) -> None:
+        session = await self._session()
+        agent = session["body"]["agent"]
+        catalog = await self._catalog(session, turn_boundary=action.starts_turn or self.state.step == 0)
+        step = self.state.step + 1
+        messages = self.state.transcript(action.consume)
+        async with self.deps.log.transaction() as tx:
+            await tx.mark_processed(self.session_id, action.consume, consumed_step=step)
+            if self.state.status != "rescheduling":
+                await change_status(tx, self.session_id, "running")
+            [start] = await tx.append(self.session_id, [{"type": "span.model_request_start"}], internal=[{"step": step}])
+        self.state.consumed(action.consume, step)
+        await self._refresh()
+        provider, model_name = self.deps.providers(str(agent["model"]["id"]))
+        request = ModelRequest(
+            model=model_name,
+            system=agent.get("system"),
+            messages=messages,
+            tools=catalog.specs(),
+            max_tokens=self.deps.settings.max_tokens,
+            metadata={"session_id": self.session_id},
+        )
+        try:
+            response = await self._model_with_retries(provider, request, start["id"], step)
+        except _Interrupted:
+            await self._refresh()
+            return
+        if response is None:
+            return
+        await self._record_step(session, catalog, step, start["id"], response)
+
+    async def _model_with_retries(
+        self, provider: ModelProvider, request: ModelRequest, start_id: str, step: int
+    ) -> ModelResponse | None:
+        settings = self.deps.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._interruptible(provider.step(request))
+            except ModelError as exc:
+                retrying = exc.retryable and attempt < settings.model_max_attempts
+                await self._session_error(exc.session_error_type, str(exc), "retrying" if retrying else "exhausted")
+                if not retrying:
+                    async with self.deps.log.transaction() as tx:
+                        await tx.append(
+                            self.session_id,
+                            [_span_end(start_id, None, is_error=True)],
+                            internal=[{"step": step}],
+                        )
+                        await change_status(
+                            tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True
+                        )
+                    await self._refresh()
+                    return None
+                delay = min(settings.model_retry_cap_s, settings.model_retry_base_s * 2 ** (attempt - 1))
+                delay = max(exc.retry_after_s or 0.0, random.uniform(delay / 2, delay))  # noqa: S311 - jitter
+                await self._interruptible(anyio.sleep(delay))
+
+    async def _interruptible(self, work: Awaitable[Any]) -> Any:
+        """Run ``work``; abandon it if a ``user.interrupt`` arrives meanwhile."""
+        result: list[Any] = []
+        interrupted = False
+        async with anyio.create_task_group() as tg:
+
+            async def _work() -> None:
+                result.append(await work)
+                tg.cancel_scope.cancel()
+
+            async def _watch() -> None:
+                nonlocal interrupted
+                while True:
+                    await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
+                    await self._refresh()
+                    if self.state.interrupts:
+                        interrupted = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(_work)
+            tg.start_soon(_watch)
+        if interrupted and not result:
+            raise _Interrupted
+        return result[0] if result else None
+
+    async def _record_step(
+        self, session: Mapping[str, Any], catalog: Catalog, step: int, start_id: str, response: ModelResponse
+    ) -> None:
+        events: list[dict[str, Any]] = []
+        internals: list[dict[str, Any]] = []
+        refusals: list[tuple[int, str]] = []
+        text: list[dict[str, Any]] = []
+
+        def flush_text() -> None:
+            if text:
+                events.append({"type": "agent.message", "content": list(text)})
+                internals.append({"step": step})
+                text.clear()
+
+        needs_worker = False
+        for block in response.content:
+            if block.get("type") == "text":
+                if block.get("text"):
+                    text.append({"type": "text", "text": block["text"]})
+                continue
+            if block.get("type") != "tool_use":
+                continue
+            flush_text()
+            name = str(block.get("name"))
+            arguments = dict(block.get("input") or {})
+            tool = catalog.get(name)
+            allowed, why = (False, "unknown tool") if tool is None else await self.deps.gate.check(session, tool, arguments)
+            if tool is None or not allowed:
+                refusals.append((len(events), _refusal_text(name, tool is None)))
+                events.append(
+                    {"type": "agent.tool_use", "name": name, "input": arguments, "evaluated_permission": "deny"}
+                )
+                internals.append({"step": step, "model_name": name, "refused": True, "reason": why})
+                continue
+            permission, evaluation = evaluate_permission(tool.policy)
+            if tool.kind == "builtin":
+                needs_worker = True
+                events.append(
+                    {
+                        "type": "agent.tool_use",
+                        "name": name,
+                        "input": arguments,
+                        "evaluated_permission": permission,
+                        "evaluation": evaluation,
+                    }
+                )
+            elif tool.kind == "custom":
+                events.append({"type": "agent.custom_tool_use", "name": name, "input": arguments})
+            else:
+                events.append(
+                    {
+                        "type": "agent.mcp_tool_use",
+                        "name": tool.mcp_tool,
+                        "mcp_server_name": tool.mcp_server,
+                        "input": arguments,
+                        "evaluated_permission": permission,
+                        "evaluation": evaluation,
+                    }
+                )
+            internals.append({"step": step, "model_name": name})
+        flush_text()
+        if not events:
+            events.append({"type": "agent.message", "content": [{"type": "text", "text": "(no response)"}]})
+            internals.append({"step": step})
+        async with self.deps.log.transaction() as tx:
+            emitted = await tx.append(self.session_id, events, internal=internals)
+            for index, note in refusals:
+                await tx.append(
+                    self.session_id,
+                    [
+                        {
+                            "type": "agent.tool_result",
+                            "tool_use_id": emitted[index]["id"],
+                            "content": [{"type": "text", "text": note}],
+                            "is_error": True,
+                        }
+                    ],
+                    internal=[{"step": step}],
+                )
+            await tx.append(self.session_id, [_span_end(start_id, response)], internal=[{"step": step}])
+            await self._add_usage(tx, response)
+            tool_uses = [e for e in emitted if e["type"] in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")]
+            if not tool_uses:
+                stop = {"type": "refusal"} if response.stop_reason == "refusal" else {"type": "end_turn"}
+                await change_status(tx, self.session_id, "idle", stop_reason=stop, force_event=True)
+            if needs_worker:
+                await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        await self._refresh()
+
+    async def _add_usage(self, tx: Tx, response: ModelResponse) -> None:
+        row = (await tx.conn.execute(sa.select(s.sessions.c.body).where(s.sessions.c.id == self.session_id))).one()
+        body = dict(row.body)
+        usage = dict(body.get("usage") or {})
+        for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+            usage[key] = int(usage.get(key, 0)) + int(getattr(response.usage, key))
+        body["usage"] = usage
+        await tx.conn.execute(s.sessions.update().where(s.sessions.c.id == self.session_id).values(body=body))
+
+    async def _run_mcp(self, call: ToolCall) -> None:
+        session = await self._session()
+        definition = next(
+            (d for d in session["body"]["agent"].get("mcp_servers", []) if d["name"] == call.mcp_server), None
+        )
+        if definition is None:
+            content = [{"type": "text", "text": f"MCP server {call.mcp_server!r} is no longer attached to this session."}]
+            is_error = True
+        else:
+            try:
+                result = await self._interruptible(
+                    self.deps.mcp.call_tool(
+                        self.session_id,
+                        self.deps.resolve_mcp(definition),
+                        str(call.mcp_tool),
+                        call.input,
+                        timeout_s=self.deps.settings.mcp_call_timeout_s,
+                    )
+                )
+            except _Interrupted:
+                await self._refresh()
+                return
+            except McpFailure as exc:
+                await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=exc.server)
+                content, is_error = [{"type": "text", "text": f"MCP call failed: {exc}"}], True
+            else:
+                content, is_error = result.content, result.is_error
+        async with self.deps.log.transaction() as tx:
+            await self._record_result(tx, call, content, is_error=is_error)
+        await self._refresh()
+
+    async def _record_result(self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool) -> None:
+        """A result the control plane itself produced (MCP, interrupted, refused)."""
+        if call.kind == "mcp":
+            event = {"type": "agent.mcp_tool_result", "mcp_tool_use_id": call.event_id}
+        else:
+            event = {"type": "agent.tool_result", "tool_use_id": call.event_id}
+        event.update(content=list(content), is_error=is_error)
+        internal: dict[str, Any] = {"step": call.step}
+        if self.deps.after_result is not None:
+            await self.deps.after_result(tx, {"id": self.session_id}, call, event)
+            internal.update(event.pop("_internal", {}))
+        await tx.append(self.session_id, [event], internal=[internal])
+
+    async def _session_error(self, error_type: str, message: str, retry_status: str, **extra: Any) -> None:
+        error = {"type": error_type, "message": message, "retry_status": {"type": retry_status}, **extra}
+        await self.deps.log.emit(self.session_id, [{"type": "session.error", "error": error}])
+        await self._refresh()
+
+
+def _span_end(start_id: str, response: ModelResponse | None, *, is_error: bool = False) -> dict[str, Any]:
+    usage = response.usage if response is not None else None
+    return {
+        "type": "span.model_request_end",
+        "model_request_start_id": start_id,
+        "is_error": is_error,
+        "model_usage": {
+            "input_tokens": usage.input_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else 0,
+            "cache_read_input_tokens": usage.cache_read_input_tokens if usage else 0,
+        },
+    }
+
+
+def _refusal_text(name: str, unknown: bool) -> str:
+    if unknown:
+        return f"Error: tool {name!r} is not available in this session."
+    return f"Error: the call to {name!r} was denied by policy."

@@ -1,0 +1,1 @@
+"""The HTTP surface: the Managed Agents REST API plus inwall's own ``/v1/inwall`` endpoints."""

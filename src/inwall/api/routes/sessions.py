@@ -1,0 +1,144 @@
+"""``/v1/sessions``: sessions, their event log, and the live event stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import StreamingResponse
+
+from inwall.api.deps import bracket_list, bracket_map, flag, plane, principal
+from inwall.api.schemas.sessions import EventsSend, SessionCreate, SessionUpdate
+from inwall.api.sse import event_stream
+from inwall.control.auth import Principal
+from inwall.errors import InvalidInput
+from inwall.store import schema as s
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+SESSION_STATUSES = ("rescheduling", "running", "idle", "terminated")
+CREATED_OPS = ("gt", "gte", "lt", "lte")
+
+
+@router.post("")
+async def create_session(body: SessionCreate, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await plane(request).sessions.create(body, who)
+
+
+@router.get("")
+async def list_sessions(
+    request: Request,
+    limit: int | None = None,
+    page: str | None = None,
+    order: str | None = None,
+    agent_id: str | None = None,
+    agent_version: int | None = None,
+    include_archived: str | None = None,
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    statuses = bracket_list(request, "statuses")
+    bad = [x for x in statuses if x not in SESSION_STATUSES]
+    if bad:
+        raise InvalidInput(f"unknown status {bad[0]!r}; expected one of {', '.join(SESSION_STATUSES)}")
+    if order not in (None, "asc", "desc"):
+        raise InvalidInput("order must be 'asc' or 'desc'")
+    return await plane(request).sessions.list(
+        who,
+        params={
+            "limit": limit,
+            "page": page,
+            "order": order or "desc",
+            "agent_id": agent_id,
+            "agent_version": agent_version,
+            "include_archived": flag(include_archived),
+            "statuses": statuses,
+            "created_at": bracket_map(request, "created_at", CREATED_OPS),
+        },
+    )
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await plane(request).sessions.get(session_id, who)
+
+
+@router.post("/{session_id}")
+async def update_session(
+    session_id: str, body: SessionUpdate, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
+    return await plane(request).sessions.update(session_id, body, who)
+
+
+@router.delete("/{session_id}")
+async def delete_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await plane(request).sessions.delete(session_id, who)
+
+
+@router.post("/{session_id}/archive")
+async def archive_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await plane(request).sessions.archive(session_id, who)
+
+
+@router.get("/{session_id}/events")
+async def list_events(
+    session_id: str,
+    request: Request,
+    limit: int | None = None,
+    page: str | None = None,
+    order: str | None = None,
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    cp = plane(request)
+    await cp.sessions.require(session_id, who)
+    return await cp.events.list(
+        session_id,
+        limit=limit,
+        page_cursor=page,
+        order=order,
+        types=bracket_list(request, "types"),
+        created=bracket_map(request, "created_at", CREATED_OPS),
+    )
+
+
+@router.post("/{session_id}/events")
+async def send_events(
+    session_id: str, body: EventsSend, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
+    return await plane(request).sessions.send_events(session_id, body, who)
+
+
+@router.get("/{session_id}/events/stream")
+async def stream_events(session_id: str, request: Request, who: Principal = Depends(principal)) -> StreamingResponse:
+    cp = plane(request)
+    row = await cp.sessions.require(session_id, who)
+    deltas = bracket_list(request, "event_deltas")
+    bad = [d for d in deltas if d not in ("agent.message", "agent.thinking")]
+    if bad:
+        raise InvalidInput(f"event_deltas supports agent.message and agent.thinking, not {bad[0]!r}")
+
+    async def body() -> AsyncIterator[bytes]:
+        async with cp.bus.subscribe(session_id) as events:
+            preface: list[dict[str, Any]] = []
+            if row["status"] == "terminated":
+                # The session already ended: replay its final event so a late client stops too.
+                async with cp.db.read() as conn:
+                    last = (
+                        await conn.execute(
+                            sa.select(s.events.c.body)
+                            .where(s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated")
+                            .order_by(s.events.c.seq.desc())
+                            .limit(1)
+                        )
+                    ).first()
+                if last is not None:
+                    preface.append(last.body)
+            async for chunk in event_stream(events, heartbeat_s=cp.settings.sse_heartbeat_s, preface=preface):
+                yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

@@ -1,0 +1,59 @@
+"""`inwall server --data-dir DIR [--host 127.0.0.1] [--port 8700]`: run the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, type=Path, help="where the database and keys live (created 0700)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8700, help="port to listen on (default 8700; 0 picks a free one)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy async URL, e.g. postgresql+asyncpg://... (default: SQLite in the data dir; "
+        "also $INWALL_DATABASE_URL)",
+    )
+    parser.add_argument("--policy", type=Path, help="Cedar policy file for tool governance (hot-reloaded)")
+    parser.add_argument("--lease-ttl", type=int, help="work-item lease TTL in seconds (default 30)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from inwall.errors import InwallError
+    from inwall.server.serve import serve
+    from inwall.server.settings import ServerSettings
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    settings = ServerSettings.from_env(
+        args.data_dir.resolve(),
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        policy_file=args.policy,
+        lease_ttl_s=args.lease_ttl,
+        log_level=args.log_level,
+    )
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            bound = await tg.start(lambda task_status: serve(settings, install_signal_handlers=True, task_status=task_status))
+            logging.getLogger("inwall.server").info("inwall server ready on %s", bound.base_url)
+
+    try:
+        anyio.run(main)
+    except InwallError as exc:
+        print(f"inwall server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,143 @@
+"""Environments: where a session's hands run. Each has its own work queue and keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from inwall.api.schemas.environments import EnvironmentCreate, EnvironmentUpdate
+from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.timefmt import ts
+from inwall.errors import Conflict, InvalidInput, NotFound
+from inwall.ids import new_id, now
+from inwall.store import schema as s
+from inwall.store.db import Database
+
+__all__ = ["EnvironmentService"]
+
+
+def _render(row: Any) -> dict[str, Any]:
+    body = row["body"]
+    return {
+        "type": "environment",
+        "id": row["id"],
+        "name": body["name"],
+        "description": body.get("description"),
+        "metadata": body.get("metadata", {}),
+        "config": {"type": "self_hosted"},
+        "scope": body.get("scope") or "organization",
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+        "archived_at": ts(row["archived_at"]),
+    }
+
+
+class EnvironmentService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, params: EnvironmentCreate) -> dict[str, Any]:
+        env_id = new_id("env")
+        at = now()
+        body = {
+            "name": params.name,
+            "description": params.description,
+            "metadata": dict(params.metadata),
+            "scope": params.scope or "organization",
+        }
+        async with self._db.write() as conn:
+            await conn.execute(s.environments.insert().values(id=env_id, body=body, created_at=at, updated_at=at))
+            return await self.get(env_id, conn)
+
+    async def get(self, env_id: str, conn: AsyncConnection | None = None) -> dict[str, Any]:
+        if conn is None:
+            async with self._db.read() as c:
+                return await self.get(env_id, c)
+        row = (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id))).mappings().first()
+        if row is None:
+            raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
+        return _render(row)
+
+    async def require_usable(self, env_id: str, conn: AsyncConnection) -> dict[str, Any]:
+        env = await self.get(env_id, conn)
+        if env["archived_at"] is not None:
+            raise InvalidInput(f"environment {env_id} is archived", error_code="environment_archived")
+        return env
+
+    async def require_usable_by_id(self, env_id: str) -> dict[str, Any]:
+        async with self._db.read() as conn:
+            return await self.require_usable(env_id, conn)
+
+    async def update(self, env_id: str, params: EnvironmentUpdate) -> dict[str, Any]:
+        async with self._db.write() as conn:
+            row = (
+                (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id))).mappings().first()
+            )
+            if row is None:
+                raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
+            if row["archived_at"] is not None:
+                raise InvalidInput(f"environment {env_id} is archived", error_code="environment_archived")
+            body = dict(row["body"])
+            fields = params.model_fields_set
+            if "name" in fields and params.name is not None:
+                body["name"] = params.name
+            if "description" in fields:
+                body["description"] = params.description
+            if "scope" in fields and params.scope is not None:
+                body["scope"] = params.scope
+            if params.metadata is not None:
+                meta = dict(body.get("metadata") or {})
+                for k, v in params.metadata.items():
+                    if v is None or v == "":
+                        meta.pop(k, None)
+                    else:
+                        meta[k] = v
+                if len(meta) > 16:
+                    raise InvalidInput("metadata may hold at most 16 pairs", error_code="invalid_metadata")
+                body["metadata"] = meta
+            await conn.execute(
+                s.environments.update().where(s.environments.c.id == env_id).values(body=body, updated_at=now())
+            )
+            return await self.get(env_id, conn)
+
+    async def archive(self, env_id: str) -> dict[str, Any]:
+        async with self._db.write() as conn:
+            env = await self.get(env_id, conn)
+            if env["archived_at"] is None:
+                await conn.execute(
+                    s.environments.update().where(s.environments.c.id == env_id).values(archived_at=now())
+                )
+            return await self.get(env_id, conn)
+
+    async def delete(self, env_id: str) -> dict[str, Any]:
+        async with self._db.write() as conn:
+            await self.get(env_id, conn)
+            live = await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(s.sessions)
+                .where(
+                    s.sessions.c.environment_id == env_id,
+                    s.sessions.c.status != "terminated",
+                    s.sessions.c.deleted_at.is_(None),
+                )
+            )
+            if live.scalar_one():
+                raise Conflict(f"environment {env_id} still has live sessions; archive or delete them first")
+            await conn.execute(s.api_keys.delete().where(s.api_keys.c.environment_id == env_id))
+            await conn.execute(s.worker_polls.delete().where(s.worker_polls.c.environment_id == env_id))
+            await conn.execute(s.environments.delete().where(s.environments.c.id == env_id))
+        return {"id": env_id, "type": "environment_deleted"}
+
+    async def list(self, *, limit: int | None, page_cursor: str | None, include_archived: bool) -> dict[str, Any]:
+        n = resolve_limit(limit)
+        after = decode_cursor(page_cursor)
+        q = sa.select(s.environments).order_by(s.environments.c.id.desc()).limit(n + 1)
+        if not include_archived:
+            q = q.where(s.environments.c.archived_at.is_(None))
+        if after is not None:
+            q = q.where(s.environments.c.id < str(after))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return page([_render(r) for r in rows], n, lambda e: e["id"])

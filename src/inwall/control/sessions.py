@@ -1,0 +1,357 @@
+"""Sessions: an agent snapshot bound to an environment, plus its event log.
+
+This module owns who may see and change a session, what a client may post to
+it, and the session's lifecycle (create → idle/running → archived/deleted).
+The turn itself belongs to ``inwall.agent``; this module only appends what
+clients send and lets the bus wake the runner.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from inwall.agent.config import (
+    normalize_mcp_servers,
+    normalize_model,
+    normalize_skills,
+    normalize_tools,
+    recheck_tools,
+)
+from inwall.api.schemas.sessions import AgentRef, AgentWithOverrides, EventsSend, SessionCreate, SessionUpdate
+from inwall.control.agents import AgentService
+from inwall.control.auth import Principal
+from inwall.control.environments import EnvironmentService
+from inwall.control.events import EventLog, Tx
+from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.status import change_status
+from inwall.control.timefmt import ts, utc
+from inwall.control.work import WorkQueue
+from inwall.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from inwall.ids import new_id, now, parse_rfc3339
+from inwall.store import schema as s
+from inwall.store.db import Database
+
+__all__ = ["SessionService", "render_session"]
+
+WORKER_EVENT_TYPES = frozenset({"user.tool_result", "user.custom_tool_result"})
+QUEUED_EVENT_TYPES = frozenset({"user.message", "user.interrupt", "system.message"})
+SNAPSHOT_KEYS = ("name", "description", "system", "model", "tools", "mcp_servers", "skills", "execution_identity")
+
+
+def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
+    body = row["body"]
+    created = utc(row["created_at"])
+    end = utc(row["archived_at"]) if row["status"] == "terminated" and row["archived_at"] else now()
+    active = float(row["active_seconds"] or 0.0)
+    if row["running_since"] is not None:
+        active += (now() - (utc(row["running_since"]) or now())).total_seconds()
+    return {
+        "type": "session",
+        "id": row["id"],
+        "status": row["status"],
+        "title": body.get("title"),
+        "agent": body["agent"],
+        "environment_id": row["environment_id"],
+        "metadata": body.get("metadata", {}),
+        "resources": [],
+        "vault_ids": [],
+        "outcome_evaluations": [],
+        "stats": {
+            "active_seconds": round(active, 3),
+            "duration_seconds": round(((end or now()) - (created or now())).total_seconds(), 3),
+        },
+        "usage": body.get("usage", {}),
+        "budget": None,
+        "deployment_id": None,
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+        "archived_at": ts(row["archived_at"]),
+        # inwall extension: why the session last went idle (the SDK has no field for it).
+        "stop_reason": body.get("stop_reason"),
+    }
+
+
+class SessionService:
+    def __init__(
+        self, db: Database, log: EventLog, work: WorkQueue, agents: AgentService, environments: EnvironmentService
+    ) -> None:
+        self._db = db
+        self._log = log
+        self._work = work
+        self._agents = agents
+        self._environments = environments
+
+    # -- access ----------------------------------------------------------------------
+
+    @staticmethod
+    def visible(row: Mapping[str, Any], who: Principal) -> bool:
+        if who.kind == "admin":
+            return True
+        if who.kind == "user":
+            return row["owner_user_id"] == who.user_id
+        if who.kind == "environment":
+            return row["environment_id"] == who.environment_id
+        return row["id"] == who.session_id
+
+    async def _row(self, conn: AsyncConnection, session_id: str, who: Principal) -> Mapping[str, Any]:
+        row = (
+            await conn.execute(
+                sa.select(s.sessions).where(s.sessions.c.id == session_id, s.sessions.c.deleted_at.is_(None))
+            )
+        ).mappings().first()
+        if row is None or not self.visible(row, who):
+            # Not-visible and not-existing read the same: ids of other tenants are not disclosed.
+            raise NotFound(f"session {session_id} not found")
+        return row
+
+    async def get(self, session_id: str, who: Principal) -> dict[str, Any]:
+        async with self._db.read() as conn:
+            return render_session(await self._row(conn, session_id, who))
+
+    async def require(self, session_id: str, who: Principal) -> Mapping[str, Any]:
+        async with self._db.read() as conn:
+            return await self._row(conn, session_id, who)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _snapshot(self, conn: AsyncConnection, ref: str | AgentRef | AgentWithOverrides) -> dict[str, Any]:
+        agent_id = ref if isinstance(ref, str) else ref.id
+        version = None if isinstance(ref, str) else ref.version
+        agent = await self._agents.get(agent_id, version, conn)
+        if agent["archived_at"] is not None:
+            raise InvalidInput(f"agent {agent_id} is archived")
+        snapshot = {"type": "agent", "id": agent["id"], "version": agent["version"]}
+        snapshot.update({k: copy.deepcopy(agent[k]) for k in SNAPSHOT_KEYS})
+        snapshot["multiagent"] = None
+        if isinstance(ref, AgentWithOverrides):
+            fields = ref.model_fields_set
+            if "model" in fields and ref.model is not None:
+                snapshot["model"] = normalize_model(ref.model)
+            if "system" in fields:
+                snapshot["system"] = ref.system
+            if ref.tools is not None:
+                snapshot["tools"] = normalize_tools(ref.tools)
+            if ref.mcp_servers is not None:
+                snapshot["mcp_servers"] = normalize_mcp_servers(ref.mcp_servers)
+            if ref.skills is not None:
+                snapshot["skills"] = normalize_skills(ref.skills)
+        return snapshot
+
+    async def create(self, params: SessionCreate, who: Principal) -> dict[str, Any]:
+        who.require_api_key()
+        session_id = new_id("sesn")
+        at = now()
+        async with self._log.transaction() as tx:
+            await self._environments.require_usable(params.environment_id, tx.conn)
+            snapshot = await self._snapshot(tx.conn, params.agent)
+            body = {
+                "agent": snapshot,
+                "title": params.title,
+                "metadata": dict(params.metadata),
+                "usage": {},
+                "stop_reason": None,
+            }
+            await tx.conn.execute(
+                s.sessions.insert().values(
+                    id=session_id,
+                    environment_id=params.environment_id,
+                    agent_id=snapshot["id"],
+                    agent_version=snapshot["version"],
+                    owner_user_id=who.user_id,
+                    status="idle",
+                    body=body,
+                    created_at=at,
+                    updated_at=at,
+                    active_seconds=0.0,
+                )
+            )
+            await self._work.ensure_work(tx, session_id, params.environment_id)
+            for event in params.initial_events:
+                if event.type != "user.message":
+                    raise InvalidInput("user.define_outcome (outcomes) is not supported by inwall yet")
+                await tx.append(
+                    session_id,
+                    [event.model_dump(mode="json", exclude_unset=True)],
+                    internal=[{"by": who.kind, "user_id": who.user_id}],
+                    queued=True,
+                )
+            row = await self._row(tx.conn, session_id, who)
+            return render_session(row)
+
+    async def update(self, session_id: str, params: SessionUpdate, who: Principal) -> dict[str, Any]:
+        who.require_api_key()
+        async with self._log.transaction() as tx:
+            row = await self._row(tx.conn, session_id, who)
+            if row["status"] == "terminated":
+                raise InvalidInput(f"session {session_id} is terminated")
+            body = copy.deepcopy(dict(row["body"]))
+            fields = params.model_fields_set
+            changed: dict[str, Any] = {}
+            if "title" in fields:
+                body["title"] = params.title
+                changed["title"] = params.title
+            if params.metadata is not None:
+                meta = dict(body.get("metadata") or {})
+                for k, v in params.metadata.items():
+                    if v is None:
+                        meta.pop(k, None)
+                    else:
+                        meta[k] = v
+                if len(meta) > 16:
+                    raise InvalidInput("metadata may hold at most 16 pairs")
+                body["metadata"] = meta
+                changed["metadata"] = meta
+            if params.agent is not None and params.agent.model_fields_set:
+                if row["status"] in ("running", "rescheduling"):
+                    raise Conflict(
+                        f"session {session_id} is running; send a user.interrupt and wait for it to go idle "
+                        "before changing its tools"
+                    )
+                agent = body["agent"]
+                if params.agent.tools is not None:
+                    agent["tools"] = normalize_tools(params.agent.tools)
+                if params.agent.mcp_servers is not None:
+                    agent["mcp_servers"] = normalize_mcp_servers(params.agent.mcp_servers)
+                recheck_tools(agent["tools"], agent["mcp_servers"])
+                changed["agent"] = agent
+            if changed:
+                await tx.conn.execute(
+                    s.sessions.update().where(s.sessions.c.id == session_id).values(body=body, updated_at=now())
+                )
+                await tx.append(session_id, [{"type": "session.updated", **changed}], internal=[{"by": who.kind}])
+            return render_session(await self._row(tx.conn, session_id, who))
+
+    async def archive(self, session_id: str, who: Principal) -> dict[str, Any]:
+        who.require_api_key()
+        async with self._log.transaction() as tx:
+            row = await self._row(tx.conn, session_id, who)
+            if row["archived_at"] is None:
+                await tx.conn.execute(
+                    s.sessions.update().where(s.sessions.c.id == session_id).values(archived_at=now())
+                )
+                await change_status(tx, session_id, "terminated")
+                await self._work.stop_for_session(tx, session_id)
+                tx.close_streams(session_id)
+            return render_session(await self._row(tx.conn, session_id, who))
+
+    async def delete(self, session_id: str, who: Principal) -> dict[str, Any]:
+        who.require_api_key()
+        async with self._log.transaction() as tx:
+            await self._row(tx.conn, session_id, who)
+            await tx.append(session_id, [{"type": "session.deleted"}])
+            await self._work.stop_for_session(tx, session_id)
+            await tx.conn.execute(s.events.delete().where(s.events.c.session_id == session_id))
+            await tx.conn.execute(
+                s.sessions.update()
+                .where(s.sessions.c.id == session_id)
+                .values(deleted_at=now(), status="terminated", body={"agent": {}, "deleted": True})
+            )
+            tx.close_streams(session_id)
+        return {"id": session_id, "type": "session_deleted"}
+
+    async def list(self, who: Principal, *, params: Mapping[str, Any]) -> dict[str, Any]:
+        who.require_api_key()
+        n = resolve_limit(params.get("limit"))
+        descending = params.get("order", "desc") != "asc"
+        cursor = decode_cursor(params.get("page"))
+        q = sa.select(s.sessions).where(s.sessions.c.deleted_at.is_(None))
+        if who.kind == "user":
+            q = q.where(s.sessions.c.owner_user_id == who.user_id)
+        if not params.get("include_archived"):
+            q = q.where(s.sessions.c.archived_at.is_(None))
+        if params.get("agent_id"):
+            q = q.where(s.sessions.c.agent_id == params["agent_id"])
+            if params.get("agent_version") is not None:
+                q = q.where(s.sessions.c.agent_version == int(params["agent_version"]))
+        if params.get("statuses"):
+            q = q.where(s.sessions.c.status.in_(list(params["statuses"])))
+        for op, value in (params.get("created_at") or {}).items():
+            stamp = _parse(value)
+            q = q.where(
+                {
+                    "gt": s.sessions.c.created_at > stamp,
+                    "gte": s.sessions.c.created_at >= stamp,
+                    "lt": s.sessions.c.created_at < stamp,
+                    "lte": s.sessions.c.created_at <= stamp,
+                }[op]
+            )
+        if cursor is not None:
+            q = q.where(s.sessions.c.id < str(cursor) if descending else s.sessions.c.id > str(cursor))
+        q = q.order_by(s.sessions.c.id.desc() if descending else s.sessions.c.id).limit(n + 1)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return page([render_session(r) for r in rows], n, lambda x: x["id"], prev_page=None)
+
+    # -- events from clients -------------------------------------------------------------
+
+    async def send_events(self, session_id: str, params: EventsSend, who: Principal) -> dict[str, Any]:
+        async with self._log.transaction() as tx:
+            row = await self._row(tx.conn, session_id, who)
+            if row["status"] == "terminated":
+                raise InvalidInput(f"session {session_id} is terminated and accepts no events")
+            echoed: list[dict[str, Any]] = []
+            for event in params.events:
+                kind = event.type
+                if not who.is_api_key and kind not in WORKER_EVENT_TYPES:
+                    raise PermissionDenied(f"a worker credential may only send {sorted(WORKER_EVENT_TYPES)}")
+                if kind == "user.define_outcome":
+                    raise InvalidInput("user.define_outcome (outcomes) is not supported by inwall yet")
+                payload = event.model_dump(mode="json", exclude_unset=True)
+                await self._check_reference(tx, session_id, payload)
+                internal = {"by": who.kind, "user_id": who.user_id, "work_id": who.work_id}
+                echoed.extend(
+                    await tx.append(session_id, [payload], internal=[internal], queued=kind in QUEUED_EVENT_TYPES)
+                )
+                if kind == "user.message":
+                    await self._work.ensure_work(tx, session_id, row["environment_id"])
+            return {"data": echoed}
+
+    async def _check_reference(self, tx: Tx, session_id: str, payload: dict[str, Any]) -> None:
+        kind = payload["type"]
+        expected = {
+            "user.tool_result": ("tool_use_id", ("agent.tool_use",), "result"),
+            "user.custom_tool_result": ("custom_tool_use_id", ("agent.custom_tool_use",), "result"),
+            "user.tool_confirmation": ("tool_use_id", ("agent.tool_use", "agent.mcp_tool_use"), "confirmation"),
+        }.get(kind)
+        if expected is None:
+            return
+        field, types, ref_kind = expected
+        target_id = payload[field]
+        target = (
+            await tx.conn.execute(
+                sa.select(s.events.c.type, s.events.c.body, s.events.c.internal).where(
+                    s.events.c.session_id == session_id, s.events.c.id == target_id
+                )
+            )
+        ).first()
+        if target is None or target.type not in types:
+            raise InvalidInput(f"{field} {target_id!r} does not name an {' or '.join(types)} event of this session")
+        if (target.internal or {}).get("refused"):
+            raise Conflict(f"tool use {target_id} was refused by the control plane and takes no {ref_kind}")
+        answered = await tx.conn.execute(
+            sa.select(s.events.c.ref_kind).where(
+                s.events.c.session_id == session_id,
+                s.events.c.ref_id == target_id,
+            )
+        )
+        kinds = {r.ref_kind for r in answered}
+        if "result" in kinds:
+            raise Conflict(f"tool use {target_id} already has a result")
+        if ref_kind == "confirmation":
+            if target.body.get("evaluated_permission") != "ask":
+                raise InvalidInput(f"tool use {target_id} does not need a confirmation")
+            if "confirmation" in kinds:
+                raise Conflict(f"tool use {target_id} was already confirmed or denied")
+
+
+def _parse(value: str) -> datetime:
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise InvalidInput(f"not an RFC 3339 timestamp: {value!r}") from exc

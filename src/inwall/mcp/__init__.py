@@ -1,0 +1,1 @@
+"""MCP in sessions: the control plane's client side, direct or through a tunnel."""

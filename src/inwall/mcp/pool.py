@@ -1,0 +1,257 @@
+"""The control plane's MCP client: one live MCP session per (session, server), reused across calls.
+
+Built on the official ``mcp`` SDK (``streamable_http_client`` + ``ClientSession``).
+Each connection lives in its own task that holds the SDK's context managers
+open; callers use the ``ClientSession`` from their own task. A connection that
+breaks, or whose MCP session the server forgot (404 → "Session not found"), is
+rebuilt once, transparently. Every call is bounded by a timeout; the SDK then
+sends ``notifications/cancelled`` so the server can stop the work.
+
+HTTP goes through an injectable ``httpx2`` transport: the server passes one
+that sends tunnel hosts through the tunnel edge and everything else direct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp import ClientSession, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from inwall.agent.catalog import McpToolInfo
+from inwall.mcp.types import McpCallResult, McpFailure, McpServerRef
+
+__all__ = ["McpPool"]
+
+log = logging.getLogger(__name__)
+
+_SESSION_GONE = ("Session not found", "Session terminated")
+_AUTH_STATUSES = (401, 403)
+
+
+@dataclass
+class _Connection:
+    key: tuple[str, str, str]
+    session: ClientSession | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+    last_status: int | None = None
+    tools_changed: bool = False
+
+
+class McpPool:
+    def __init__(
+        self,
+        *,
+        transport_factory: Callable[[], httpx2.AsyncBaseTransport] | None = None,
+        connect_timeout_s: float = 10.0,
+        list_timeout_s: float = 30.0,
+    ) -> None:
+        self._transport_factory = transport_factory
+        self._connect_timeout_s = connect_timeout_s
+        self._list_timeout_s = list_timeout_s
+        self._connections: dict[tuple[str, str, str], _Connection] = {}
+        self._changed: dict[tuple[str, str], bool] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the connection tasks; the control plane runs this in its task group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                for conn in list(self._connections.values()):
+                    conn.stop.set()
+
+    # -- the McpClientPool protocol -------------------------------------------------------
+
+    async def list_tools(self, session_id: str, server: McpServerRef) -> list[McpToolInfo]:
+        async def op(client: ClientSession) -> list[McpToolInfo]:
+            tools: list[McpToolInfo] = []
+            cursor: str | None = None
+            for _ in range(1000):  # bounded: a server that pages forever is broken
+                with anyio.fail_after(self._list_timeout_s):
+                    result = await client.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+                tools.extend(
+                    McpToolInfo(t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
+                    for t in result.tools
+                )
+                cursor = result.next_cursor
+                if not cursor:
+                    break
+            return tools
+
+        self._changed.pop((session_id, server.name), None)
+        return await self._with_session(session_id, server, op)
+
+    async def call_tool(
+        self, session_id: str, server: McpServerRef, tool: str, arguments: Mapping[str, Any], *, timeout_s: float
+    ) -> McpCallResult:
+        async def op(client: ClientSession) -> McpCallResult:
+            try:
+                result = await client.call_tool(tool, dict(arguments), read_timeout_seconds=timeout_s)
+            except MCPError as exc:
+                if exc.code == types.REQUEST_TIMEOUT:
+                    return McpCallResult([{"type": "text", "text": f"MCP tool {tool!r} timed out after {timeout_s:g}s"}], True)
+                if any(m in exc.message for m in _SESSION_GONE):
+                    raise
+                return McpCallResult([{"type": "text", "text": f"MCP error {exc.code}: {exc.message}"}], True)
+            return McpCallResult(_content(result.content), bool(result.is_error))
+
+        return await self._with_session(session_id, server, op)
+
+    def tools_changed(self, session_id: str, server: str) -> bool:
+        return self._changed.pop((session_id, server), False)
+
+    async def forget(self, session_id: str) -> None:
+        for key, conn in list(self._connections.items()):
+            if key[0] == session_id:
+                conn.stop.set()
+                self._connections.pop(key, None)
+
+    async def aclose(self) -> None:
+        for conn in list(self._connections.values()):
+            conn.stop.set()
+        self._connections.clear()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def _with_session(self, session_id: str, server: McpServerRef, op: Callable[[ClientSession], Any]) -> Any:
+        for attempt in (1, 2):
+            conn = await self._connect(session_id, server)
+            assert conn.session is not None
+            try:
+                return await op(conn.session)
+            except MCPError as exc:
+                if attempt == 1 and any(m in exc.message for m in _SESSION_GONE):
+                    log.info("MCP session expired; re-initialising server=%s", server.name)
+                    self._drop(conn)
+                    continue
+                raise self._failure(server, conn, exc) from exc
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, httpx2.TransportError) as exc:
+                self._drop(conn)
+                if attempt == 1:
+                    continue
+                raise McpFailure(server.name, "connection", f"lost the connection to MCP server {server.name!r}") from exc
+        raise AssertionError("unreachable")
+
+    def _failure(self, server: McpServerRef, conn: _Connection, exc: BaseException) -> McpFailure:
+        if conn.last_status in _AUTH_STATUSES:
+            return McpFailure(
+                server.name, "authentication", f"MCP server {server.name!r} refused our credentials (HTTP {conn.last_status})"
+            )
+        return McpFailure(server.name, "connection", f"MCP server {server.name!r} failed: {exc}")
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.stop.set()
+        if self._connections.get(conn.key) is conn:
+            del self._connections[conn.key]
+
+    async def _connect(self, session_id: str, server: McpServerRef) -> _Connection:
+        key = (session_id, server.name, server.url)
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            conn = self._connections.get(key)
+            if conn is not None and conn.session is not None and not conn.closed.is_set():
+                return conn
+            if self._tg is None:
+                raise McpFailure(server.name, "connection", "the MCP client pool is not running")
+            conn = _Connection(key)
+            self._tg.start_soon(self._hold, conn, server, session_id)
+            with anyio.move_on_after(self._connect_timeout_s):
+                await conn.ready.wait()
+            if conn.session is None:
+                conn.stop.set()
+                error = conn.error
+                if conn.last_status in _AUTH_STATUSES:
+                    raise McpFailure(
+                        server.name,
+                        "authentication",
+                        f"MCP server {server.name!r} refused our credentials (HTTP {conn.last_status})",
+                    )
+                detail = _describe(error) if error else f"no answer within {self._connect_timeout_s:g}s"
+                raise McpFailure(server.name, "connection", f"cannot connect to MCP server {server.name!r}: {detail}")
+            self._connections[key] = conn
+            return conn
+
+    async def _hold(self, conn: _Connection, server: McpServerRef, session_id: str) -> None:
+        async def note_status(response: httpx2.Response) -> None:
+            conn.last_status = response.status_code
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, types.ToolListChangedNotification):
+                self._changed[(session_id, server.name)] = True
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(
+                        transport=self._transport_factory() if self._transport_factory else None,
+                        headers=dict(server.headers),
+                        timeout=httpx2.Timeout(30.0, read=300.0),
+                        event_hooks={"response": [note_status]},
+                    )
+                )
+                read, write = await stack.enter_async_context(
+                    streamable_http_client(server.url, http_client=http, max_sse_event_size=None)
+                )
+                client = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+                with anyio.fail_after(self._connect_timeout_s):
+                    await client.initialize()
+                conn.session = client
+                conn.ready.set()
+                await conn.stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - the SDK reports transport failures as exception groups
+            conn.error = exc
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+        finally:
+            conn.closed.set()
+            conn.ready.set()
+            if self._connections.get(conn.key) is conn:
+                del self._connections[conn.key]
+
+
+def _describe(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return "; ".join(_describe(e) for e in inner)
+    if isinstance(exc, httpx2.ConnectError):
+        return "connection refused or unreachable"
+    return str(exc) or type(exc).__name__
+
+
+def _content(blocks: list[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for b in blocks:
+        kind = getattr(b, "type", None)
+        if kind == "text":
+            out.append({"type": "text", "text": b.text})
+        elif kind == "image":
+            out.append({"type": "image", "source": {"type": "base64", "media_type": b.mime_type, "data": b.data}})
+        else:
+            out.append({"type": "text", "text": b.model_dump_json(by_alias=True, exclude_none=True)})
+    return out or [{"type": "text", "text": "(no output)"}]
+
+
+@contextlib.asynccontextmanager
+async def running_pool(pool: McpPool) -> AsyncIterator[McpPool]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.run)
+        try:
+            yield pool
+        finally:
+            tg.cancel_scope.cancel()

@@ -1,0 +1,52 @@
+"""The seam between the turn loop and MCP servers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from inwall.agent.catalog import McpToolInfo
+from inwall.errors import InwallError
+
+__all__ = ["McpCallResult", "McpClientPool", "McpFailure", "McpServerRef"]
+
+
+@dataclass(frozen=True)
+class McpServerRef:
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # static credentials; never logged
+
+
+@dataclass(frozen=True)
+class McpCallResult:
+    content: list[dict[str, Any]]
+    is_error: bool
+
+
+class McpFailure(InwallError):
+    """The server could not be reached or refused our credentials; the session reports it as a session.error."""
+
+    def __init__(self, server: str, kind: Literal["connection", "authentication"], message: str) -> None:
+        super().__init__(message)
+        self.server = server
+        self.kind = kind
+
+    @property
+    def session_error_type(self) -> str:
+        return "mcp_authentication_failed_error" if self.kind == "authentication" else "mcp_connection_failed_error"
+
+
+class McpClientPool(Protocol):
+    async def list_tools(self, session_id: str, server: McpServerRef) -> list[McpToolInfo]: ...
+
+    async def call_tool(
+        self, session_id: str, server: McpServerRef, tool: str, arguments: Mapping[str, Any], *, timeout_s: float
+    ) -> McpCallResult: ...
+
+    def tools_changed(self, session_id: str, server: str) -> bool:
+        """True once after the server sent notifications/tools/list_changed (re-list at the next turn boundary)."""
+        ...
+
+    async def forget(self, session_id: str) -> None: ...

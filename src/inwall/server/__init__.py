@@ -1,0 +1,1 @@
+"""The control-plane program: settings, composition and lifecycle of ``inwall server``."""

@@ -1,0 +1,128 @@
+"""The control plane as one object: open it, run it, close it.
+
+``ControlPlane`` owns the database, the bus, every domain service and the
+background tasks (the turn engine and the lease reaper) in one task group, so
+tests can run a whole server in-process with ``async with ControlPlane(...)``
+and the ``inwall server`` command is a thin shell around the same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from inwall.agent.engine import Engine
+from inwall.agent.models.registry import ProviderRegistry, ProviderSettings
+from inwall.agent.runner import RunnerDeps
+from inwall.control.agents import AgentService
+from inwall.control.auth import KeyStore, SessionTokens
+from inwall.control.bus import EventBus
+from inwall.control.environments import EnvironmentService
+from inwall.control.events import EventLog
+from inwall.control.sessions import SessionService
+from inwall.control.work import WorkQueue
+from inwall.errors import ConfigError
+from inwall.mcp.pool import McpPool
+from inwall.server.settings import ServerSettings
+from inwall.store.db import Database, sqlite_url
+
+__all__ = ["ControlPlane", "load_or_create_secret"]
+
+log = logging.getLogger("inwall.server")
+
+
+def load_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
+    """A random key kept in the data directory (mode 0600), created on first start."""
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) < 16:
+            raise ConfigError(f"{path} is too short to be a key; delete it to generate a new one")
+        return data
+    data = secrets.token_bytes(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
+
+
+class ControlPlane:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        self.server_key = load_or_create_secret(data_dir / "server_key")
+        self.db = Database(settings.database_url or sqlite_url(data_dir))
+        self.bus = EventBus()
+        self.events = EventLog(self.db, self.bus)
+        self.tokens = SessionTokens(self.server_key)
+        self.keys = KeyStore(self.db, self.tokens)
+        self.agents = AgentService(self.db)
+        self.environments = EnvironmentService(self.db)
+        self.work = WorkQueue(
+            self.db, self.events, self.tokens, lease_ttl_s=settings.lease_ttl_s, reap_interval_s=settings.reap_interval_s
+        )
+        self.sessions = SessionService(self.db, self.events, self.work, self.agents, self.environments)
+        self.providers = ProviderRegistry()
+        self.provider_settings = ProviderSettings(
+            anthropic_base_url=settings.anthropic_base_url, openai_base_url=settings.openai_base_url
+        )
+        self.mcp = McpPool()
+        self.engine = Engine(
+            RunnerDeps(
+                db=self.db,
+                log=self.events,
+                work=self.work,
+                providers=lambda model_id: self.providers.provider_for(model_id, self.provider_settings),
+                mcp=self.mcp,
+                settings=settings.runner,
+            )
+        )
+        self.admin_key_path = data_dir / "admin_key"
+        self.ready = False
+
+    async def bootstrap_admin_key(self) -> None:
+        """Ensure an admin key exists. It is written to ``DATA_DIR/admin_key`` (0600), never printed."""
+        supplied = os.environ.get("INWALL_ADMIN_KEY")
+        if supplied:
+            if not await self.keys.exists(supplied):
+                await self.keys.create("admin", plaintext=supplied)
+            return
+        if self.admin_key_path.exists():
+            key = self.admin_key_path.read_text().strip()
+            if key and not await self.keys.exists(key):
+                await self.keys.create("admin", plaintext=key)
+            return
+        _, key = await self.keys.create("admin")
+        fd = os.open(self.admin_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        log.info("created the admin API key; it is in %s (mode 0600)", self.admin_key_path)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ControlPlane]:
+        """Migrate, bootstrap, start background tasks; on exit stop them and close everything."""
+        await self.db.migrate()
+        await self.bootstrap_admin_key()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.mcp.run)
+                await tg.start(self.engine.run)
+                tg.start_soon(self.work.run_reaper)
+                self.ready = True
+                try:
+                    yield self
+                finally:
+                    self.ready = False
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self.mcp.aclose()
+                await self.providers.aclose_all()
+                await self.db.aclose()

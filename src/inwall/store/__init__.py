@@ -1,0 +1,1 @@
+"""Persistence: SQLite embedded by default (WAL), PostgreSQL for scale, one schema."""
