@@ -36,6 +36,7 @@ from inwall.agent.turn import (
 from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
 from inwall.control.work import WorkQueue
+from inwall.errors import InwallError
 from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
 from inwall.store import schema as s
 from inwall.store.db import Database
@@ -217,7 +218,14 @@ class SessionRunner:
             [start] = await tx.append(self.session_id, [{"type": "span.model_request_start"}], internal=[{"step": step}])
         self.state.consumed(action.consume, step)
         await self._refresh()
-        provider, model_name = self.deps.providers(str(agent["model"]["id"]))
+        try:
+            provider, model_name = self.deps.providers(str(agent["model"]["id"]))
+        except InwallError as exc:
+            await self._session_error("model_request_failed_error", str(exc), "exhausted")
+            async with self.deps.log.transaction() as tx:
+                await change_status(tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True)
+            await self._refresh()
+            return
         request = ModelRequest(
             model=model_name,
             system=agent.get("system"),

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from inwall.api.schemas.common import Metadata, MetadataPatch, Strict
+from inwall.errors import InwallError
 
 __all__ = [
     "AgentCreate",
@@ -193,6 +194,18 @@ def check_tools(tools: list[Any] | None, servers: list[McpServerParams] | None) 
         raise ValueError("at most 256 tools")
 
 
+def check_model(model: str | ModelConfigParams | None) -> None:
+    """Refuse at create time a model id no provider can serve (``openai:`` with no model, blanks)."""
+    if model is None:
+        return
+    from inwall.agent.models.registry import parse_model_id
+
+    try:
+        parse_model_id(model if isinstance(model, str) else model.id)
+    except InwallError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 class AgentCreate(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     model: ModelParam
@@ -208,6 +221,7 @@ class AgentCreate(Strict):
     @model_validator(mode="after")
     def _rules(self) -> AgentCreate:
         check_tools(self.tools, self.mcp_servers)
+        check_model(self.model)
         if self.multiagent is not None:
             raise ValueError("multiagent orchestration is not supported by inwall yet")
         return self
@@ -232,6 +246,7 @@ class AgentUpdate(Strict):
             raise ValueError("name cannot be cleared")
         if "model" in self.model_fields_set and self.model is None:
             raise ValueError("model cannot be cleared")
+        check_model(self.model)
         if self.multiagent is not None:
             raise ValueError("multiagent orchestration is not supported by inwall yet")
         return self

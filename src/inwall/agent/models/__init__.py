@@ -1,0 +1,3 @@
+"""Model providers behind one interface (``base.ModelProvider``), chosen by model id in ``registry``."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""``inwall demo``: the whole product on one machine, in about ten seconds."""

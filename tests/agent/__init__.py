@@ -1,0 +1,1 @@
+"""Tests for the brain: the turn loop and the model providers."""
