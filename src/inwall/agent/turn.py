@@ -151,6 +151,8 @@ class TurnState:
     ended_steps: set[int] = field(default_factory=set)  # steps whose turn end was recorded
     idle_reason: dict[str, Any] | None = None
     terminated: bool = False
+    requested_step: int = 0  # the last step whose model request started
+    settled_step: int = 0  # the last step whose request ended (answered, failed, or its turn closed)
 
     # -- folding -----------------------------------------------------------------
 
@@ -202,7 +204,12 @@ class TurnState:
             if target is not None and target.confirmation is None:
                 target.confirmation = event.get("result")
                 target.deny_message = event.get("deny_message")
+        elif kind == "span.model_request_start":
+            self.requested_step = max(self.requested_step, step)
+        elif kind == "span.model_request_end":
+            self.settled_step = max(self.settled_step, step)
         elif kind == "session.status_idle":
+            self.settled_step = max(self.settled_step, self.requested_step)
             self.status = "idle"
             self.idle_reason = event.get("stop_reason")
             if (self.idle_reason or {}).get("type") != "requires_action":
@@ -306,6 +313,10 @@ def decide(state: TurnState) -> Action:
         return WaitForWorker(tuple(c.event_id for c in open_calls))
     step_had_calls = bool(state.step_calls(state.step))
     pending = tuple(i.event_id for i in state.pending_inputs())
+    if state.requested_step > max(state.step, state.settled_step):
+        # A model request started and nothing of its answer was committed (the server
+        # died mid-call): make it again, with the inputs it had already consumed.
+        return CallModel(pending, starts_turn=False)
     if pending or (step_had_calls and state.step not in state.ended_steps):
         return CallModel(pending, starts_turn=state.status == "idle" and not step_had_calls)
     if state.step and state.step not in state.ended_steps and state.status != "idle":

@@ -17,16 +17,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
-import mcp_types as types
-from mcp import ClientSession, MCPError
-from mcp.client.streamable_http import streamable_http_client
 
 from inwall.agent.catalog import McpToolInfo
 from inwall.mcp.types import McpCallResult, McpFailure, McpServerRef
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
 
 __all__ = ["McpPool"]
 
@@ -79,6 +79,8 @@ class McpPool:
     # -- the McpClientPool protocol -------------------------------------------------------
 
     async def list_tools(self, session_id: str, server: McpServerRef) -> list[McpToolInfo]:
+        import mcp_types as types
+
         async def op(client: ClientSession) -> list[McpToolInfo]:
             tools: list[McpToolInfo] = []
             cursor: str | None = None
@@ -100,6 +102,9 @@ class McpPool:
     async def call_tool(
         self, session_id: str, server: McpServerRef, tool: str, arguments: Mapping[str, Any], *, timeout_s: float
     ) -> McpCallResult:
+        import mcp_types as types
+        from mcp import MCPError
+
         async def op(client: ClientSession) -> McpCallResult:
             try:
                 result = await client.call_tool(tool, dict(arguments), read_timeout_seconds=timeout_s)
@@ -130,6 +135,8 @@ class McpPool:
     # -- connections ---------------------------------------------------------------------------
 
     async def _with_session(self, session_id: str, server: McpServerRef, op: Callable[[ClientSession], Any]) -> Any:
+        from mcp import MCPError
+
         for attempt in (1, 2):
             conn = await self._connect(session_id, server)
             assert conn.session is not None
@@ -188,6 +195,11 @@ class McpPool:
             return conn
 
     async def _hold(self, conn: _Connection, server: McpServerRef, session_id: str) -> None:
+        # The SDK is imported on first use; it costs a second of start-up.
+        import mcp_types as types
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+
         async def note_status(response: httpx2.Response) -> None:
             conn.last_status = response.status_code
 

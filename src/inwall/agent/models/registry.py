@@ -18,9 +18,7 @@ from typing import Literal
 
 import anyio
 
-from inwall.agent.models.anthropic import AnthropicProvider
 from inwall.agent.models.base import ModelProvider
-from inwall.agent.models.openai_compat import OpenAICompatProvider
 from inwall.agent.models.scripted import MODEL_ID as SCRIPTED_MODEL_ID
 from inwall.agent.models.scripted import ScriptedProvider
 from inwall.errors import InvalidInput
@@ -107,13 +105,19 @@ class ProviderRegistry:
 def _build(kind: ProviderKind, settings: ProviderSettings) -> ModelProvider:
     if kind is ProviderKind.SCRIPTED:
         return ScriptedProvider()
+    # The SDKs are imported on first use: each costs seconds of start-up, and a
+    # server that only ever runs the scripted model (tests, the demo) needs neither.
     if kind is ProviderKind.OPENAI:
+        from inwall.agent.models.openai_compat import OpenAICompatProvider
+
         return OpenAICompatProvider(
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             timeout_s=settings.timeout_s,
             max_tokens_param=settings.openai_max_tokens_param,
         )
+    from inwall.agent.models.anthropic import AnthropicProvider
+
     return AnthropicProvider(
         api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, timeout_s=settings.timeout_s
     )
