@@ -204,3 +204,47 @@ def answer_text(events: Sequence[Any]) -> str:
     messages = [e for e in events if e.type == "agent.message"]
     assert messages, f"no agent.message in {[e.type for e in events]}"
     return "\n".join(block.text for block in messages[-1].content if block.type == "text")
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any, *, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve an ASGI app (with its lifespan) under uvicorn on a free loopback port; yields its base URL."""
+    import socket
+
+    import uvicorn
+
+    class _Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            up.set()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    up = anyio.Event()
+    stopped = anyio.Event()
+    server = _Quiet(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1))
+
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                stopped.set()
+                up.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await up.wait()
+        try:
+            yield f"http://{host}:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await stopped.wait()
+            sock.close()

@@ -21,17 +21,20 @@ import sqlalchemy as sa
 
 from inwall.agent.catalog import Catalog, CatalogTool, McpToolInfo, build_catalog, evaluate_permission
 from inwall.agent.models.base import ModelError, ModelProvider, ModelRequest, ModelResponse
+from inwall.agent.offload import DEFAULT_THRESHOLD_TOKENS, offload_note
 from inwall.agent.turn import (
     CallModel,
     EndTurn,
     Interrupt,
     Nothing,
+    Offload,
     RequireAction,
     RunMcp,
     ToolCall,
     TurnState,
     WaitForWorker,
     decide,
+    result_text,
 )
 from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
@@ -78,6 +81,7 @@ class RunnerSettings:
     model_max_attempts: int = 6
     mcp_call_timeout_s: float = 120.0
     wait_slice_s: float = 30.0
+    offload_threshold_tokens: int = DEFAULT_THRESHOLD_TOKENS
 
 
 @dataclass
@@ -102,6 +106,10 @@ class _Interrupted(Exception):
     """An interrupt arrived while a model or MCP call was in flight."""
 
 
+class _SessionGone(Exception):
+    """The session was deleted: the runner has nothing left to do."""
+
+
 class SessionRunner:
     def __init__(self, session_id: str, deps: RunnerDeps) -> None:
         self.session_id = session_id
@@ -111,6 +119,15 @@ class SessionRunner:
     # -- main loop -----------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except _SessionGone:
+            self.deps.mcp_cache.pop(self.session_id, None)
+            await self.deps.mcp.forget(self.session_id)
+
+    async def _run(self) -> None:
+        self.state.offload_default = self.deps.settings.offload_threshold_tokens
+        self._note_agent(await self._session())
         await self._refresh()
         while True:
             action = decide(self.state)
@@ -122,6 +139,8 @@ class SessionRunner:
                 await self._call_model(action)
             elif isinstance(action, RunMcp):
                 await self._run_mcp(action.call)
+            elif isinstance(action, Offload):
+                await self._offload(action)
             elif isinstance(action, WaitForWorker):
                 await self._ensure_running_with_worker()
                 await self._wait()
@@ -145,8 +164,18 @@ class SessionRunner:
 
     async def _session(self) -> dict[str, Any]:
         async with self.deps.db.read() as conn:
-            row = (await conn.execute(sa.select(s.sessions).where(s.sessions.c.id == self.session_id))).mappings().one()
+            row = (
+                await conn.execute(
+                    sa.select(s.sessions).where(s.sessions.c.id == self.session_id, s.sessions.c.deleted_at.is_(None))
+                )
+            ).mappings().first()
+        if row is None:
+            raise _SessionGone
         return dict(row)
+
+    def _note_agent(self, session: Mapping[str, Any]) -> None:
+        self.state.agent_metadata = dict(session["body"].get("agent", {}).get("metadata") or {})
+        self.state.agent_metadata.update(session["body"].get("metadata") or {})
 
     # -- actions ---------------------------------------------------------------------
 
@@ -205,8 +234,49 @@ class SessionRunner:
                 await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
         return self.deps.gate.visible(session, build_catalog(agent, cache, unavailable))
 
+    async def _offload(self, action: Offload) -> None:
+        call = action.call
+        assert call.result is not None and call.result_event_id is not None
+        plan = offload_note(call.event_id, result_text(call.result), action.threshold)
+        session = await self._session()
+        async with self.deps.log.transaction() as tx:
+            row = (
+                await tx.conn.execute(sa.select(s.events.c.internal).where(s.events.c.id == call.result_event_id))
+            ).one()
+            internal = dict(row.internal or {})
+            internal["model_content"] = [{"type": "text", "text": plan.note}]
+            internal["offload"] = {"path": plan.path, "size_bytes": plan.size_bytes, "tokens": plan.estimated_tokens}
+            await tx.conn.execute(
+                s.events.update().where(s.events.c.id == call.result_event_id).values(internal=internal)
+            )
+            await tx.append(
+                self.session_id,
+                [
+                    {
+                        "type": "agent.tool_use",
+                        "name": "write",
+                        "input": {"file_path": plan.path, "content": result_text(call.result)},
+                        "evaluated_permission": "allow",
+                        "evaluation": {"type": "always_allow"},
+                        # inwall extension: what this internal write stores, for anyone reading the stream.
+                        "inwall_offload": {
+                            "tool_use_id": call.event_id,
+                            "file_path": plan.path,
+                            "size_bytes": plan.size_bytes,
+                            "estimated_tokens": plan.estimated_tokens,
+                            "threshold_tokens": plan.threshold,
+                        },
+                    }
+                ],
+                internal=[{"step": call.step, "hidden": True, "offload_of": call.event_id, "model_name": "write"}],
+            )
+            await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        self.state.offloaded(call.event_id, plan.note)
+        await self._refresh()
+
     async def _call_model(self, action: CallModel) -> None:
         session = await self._session()
+        self._note_agent(session)
         agent = session["body"]["agent"]
         catalog = await self._catalog(session, turn_boundary=action.starts_turn or self.state.step == 0)
         step = self.state.step + 1

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from inwall.agent.models.base import ContentBlock, Message
+from inwall.agent.offload import DEFAULT_THRESHOLD_TOKENS, estimate_tokens, threshold_for
 
 __all__ = [
     "CallModel",
     "EndTurn",
     "Interrupt",
     "Nothing",
+    "Offload",
     "RequireAction",
     "RunMcp",
     "ToolCall",
@@ -65,6 +67,10 @@ class ToolCall:
     result: list[ContentBlock] | None = None
     is_error: bool = False
     result_event_id: str | None = None
+    result_tokens: int = 0
+    offloaded: bool = False
+    offload_of: str | None = None  # for an internal write: the call whose output it stores
+    offload_error: str | None = None
 
     @property
     def resolved(self) -> bool:
@@ -73,6 +79,12 @@ class ToolCall:
     def result_block(self) -> ContentBlock:
         if self.result is not None:
             content, is_error = self.result, self.is_error
+            if self.offload_error:
+                content = [
+                    *content,
+                    {"type": "text", "text": f"(saving the full output failed: {self.offload_error}; "
+                     "only the preview above is available)"},
+                ]
         elif self.confirmation == "deny" or self.permission == "deny":
             note = "The user denied this tool call."
             if self.deny_message:
@@ -108,6 +120,14 @@ class RunMcp:
 
 
 @dataclass(frozen=True)
+class Offload:
+    """A result over the token threshold: store it in the workspace, show the model a note."""
+
+    call: ToolCall
+    threshold: int
+
+
+@dataclass(frozen=True)
 class CallModel:
     consume: tuple[str, ...]  # pending input event ids this call consumes
     starts_turn: bool
@@ -125,7 +145,7 @@ class Interrupt:
     open_calls: tuple[str, ...]
 
 
-Action = Nothing | WaitForWorker | RequireAction | RunMcp | CallModel | EndTurn | Interrupt
+Action = Nothing | WaitForWorker | RequireAction | RunMcp | Offload | CallModel | EndTurn | Interrupt
 
 
 @dataclass
@@ -153,6 +173,9 @@ class TurnState:
     terminated: bool = False
     requested_step: int = 0  # the last step whose model request started
     settled_step: int = 0  # the last step whose request ended (answered, failed, or its turn closed)
+    # Offload thresholds, refreshed by the runner from the server settings and agent metadata.
+    offload_default: int = DEFAULT_THRESHOLD_TOKENS
+    agent_metadata: dict[str, str] = field(default_factory=dict)
 
     # -- folding -----------------------------------------------------------------
 
@@ -186,8 +209,11 @@ class TurnState:
                 mcp_server=event.get("mcp_server_name"),
                 mcp_tool=event.get("name") if kind == "agent.mcp_tool_use" else None,
                 hidden=hidden,
+                offload_of=internal.get("offload_of"),
             )
             self.calls[call.event_id] = call
+            if call.offload_of in self.calls:
+                self.calls[call.offload_of].offloaded = True
             self.call_order.append(call.event_id)
             if not hidden:
                 self.assistant.setdefault(step, []).append(
@@ -199,6 +225,11 @@ class TurnState:
                 target.result = _result_blocks(event, internal)
                 target.is_error = bool(event.get("is_error"))
                 target.result_event_id = event["id"]
+                target.offloaded = "offload" in internal
+                target.result_tokens = 0 if target.offloaded else estimate_tokens(result_text(target.result))
+                parent = self.calls.get(target.offload_of or "")
+                if parent is not None and target.is_error:
+                    parent.offload_error = result_text(target.result)[:500] or "unknown error"
         elif kind == "user.tool_confirmation":
             target = self.calls.get(str(event.get("tool_use_id")))
             if target is not None and target.confirmation is None:
@@ -222,6 +253,16 @@ class TurnState:
         elif kind in ("session.status_terminated", "session.deleted"):
             self.status = "terminated"
             self.terminated = True
+
+    def offloaded(self, call_id: str, note: str) -> None:
+        """Mirror an offload the runner just committed."""
+        call = self.calls[call_id]
+        call.result = [{"type": "text", "text": note}]
+        call.offloaded = True
+        call.result_tokens = 0
+
+    def threshold(self, call: ToolCall) -> int:
+        return threshold_for(self.offload_default, self.agent_metadata, call.mcp_server)
 
     def consumed(self, event_ids: Sequence[str], step: int) -> None:
         """Mirror a ``mark_processed`` the runner just committed (rows are folded once, when appended)."""
@@ -294,11 +335,15 @@ def result_text(blocks: Sequence[ContentBlock]) -> str:
 def decide(state: TurnState) -> Action:
     if state.terminated:
         return Nothing()
-    open_calls = [c for c in state.step_calls(state.step) if not c.resolved]
+    calls = state.step_calls(state.step)
+    open_calls = [c for c in calls if not c.resolved]
     if state.interrupts:
         first_interrupt = min(seq for seq, _ in state.interrupts)
         dropped = tuple(i.event_id for i in state.pending_inputs() if i.seq < first_interrupt)
         return Interrupt(tuple(i for _, i in state.interrupts), dropped, tuple(c.event_id for c in open_calls))
+    for c in calls:
+        if c.result is not None and not c.offloaded and not c.hidden and c.result_tokens > state.threshold(c):
+            return Offload(c, state.threshold(c))
     if open_calls:
         runnable = [c for c in open_calls if c.kind == "mcp" and (c.permission == "allow" or c.confirmation == "allow")]
         if runnable:

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 from inwall import __version__
 from inwall.api.errors import install_error_handlers
 from inwall.api.limits import BodyLimit
-from inwall.api.routes import agents, environments, health, sessions
+from inwall.api.routes import agents, environments, health, inwall, sessions, tunnels
 
 if TYPE_CHECKING:
     from inwall.server.plane import ControlPlane
@@ -28,7 +28,7 @@ def build_fastapi(plane: ControlPlane) -> FastAPI:
     )
     app.state.plane = plane
     install_error_handlers(app)
-    for module in (health, agents, environments, sessions):
+    for module in (health, agents, environments, sessions, tunnels, inwall):
         app.include_router(module.router)
     return app
 

@@ -20,6 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "also $INWALL_DATABASE_URL)",
     )
     parser.add_argument("--policy", type=Path, help="Cedar policy file for tool governance (hot-reloaded)")
+    parser.add_argument(
+        "--mcp-credentials", type=Path, help="TOML file mapping MCP server URL prefixes to static bearer credentials"
+    )
     parser.add_argument("--lease-ttl", type=int, help="work-item lease TTL in seconds (default 30)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         database_url=args.database_url,
         policy_file=args.policy,
+        mcp_credentials_file=args.mcp_credentials,
         lease_ttl_s=args.lease_ttl,
         log_level=args.log_level,
     )

@@ -16,21 +16,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import httpx2
 
 from inwall.agent.engine import Engine
 from inwall.agent.models.registry import ProviderRegistry, ProviderSettings
 from inwall.agent.runner import RunnerDeps
 from inwall.control.agents import AgentService
+from inwall.control.auditlog import ControlAudit
 from inwall.control.auth import KeyStore, SessionTokens
 from inwall.control.bus import EventBus
 from inwall.control.environments import EnvironmentService
 from inwall.control.events import EventLog
 from inwall.control.sessions import SessionService
+from inwall.control.tunnels import TunnelService
 from inwall.control.work import WorkQueue
 from inwall.errors import ConfigError
+from inwall.mcp.credentials import McpCredentials
 from inwall.mcp.pool import McpPool
 from inwall.server.settings import ServerSettings
 from inwall.store.db import Database, sqlite_url
+from inwall.tunnel.edge import TunnelEdge
 
 __all__ = ["ControlPlane", "load_or_create_secret"]
 
@@ -73,7 +78,24 @@ class ControlPlane:
         self.provider_settings = ProviderSettings(
             anthropic_base_url=settings.anthropic_base_url, openai_base_url=settings.openai_base_url
         )
-        self.mcp = McpPool()
+        self.audit = ControlAudit(self.db)
+        self.tunnels = TunnelService(
+            self.db,
+            self.server_key,
+            domain_suffix=settings.tunnel_domain_suffix,
+            rotation_grace_s=settings.tunnel_rotation_grace_s,
+        )
+        self.edge = TunnelEdge(self.tunnels, connect_wait_s=settings.tunnel_connect_wait_s)
+        self.tunnels.on_revoke = lambda tunnel_id, token_id, grace: self.edge.revoke_token(
+            tunnel_id, token_id, grace_s=grace
+        )
+        self.tunnels.on_archive = lambda tunnel_id: self.edge.disconnect_tunnel(tunnel_id, reason="tunnel archived")
+        # MCP traffic: hosts under a tunnel domain go through the tunnel and nowhere
+        # else; every other host is reached directly.
+        self.mcp = McpPool(transport_factory=lambda: self.edge.transport(fallback=httpx2.AsyncHTTPTransport()))
+        self.mcp_credentials = (
+            McpCredentials.load(settings.mcp_credentials_file) if settings.mcp_credentials_file else McpCredentials()
+        )
         self.engine = Engine(
             RunnerDeps(
                 db=self.db,
@@ -82,6 +104,7 @@ class ControlPlane:
                 providers=lambda model_id: self.providers.provider_for(model_id, self.provider_settings),
                 mcp=self.mcp,
                 settings=settings.runner,
+                resolve_mcp=self.mcp_credentials.resolve,
             )
         )
         self.admin_key_path = data_dir / "admin_key"
@@ -112,6 +135,7 @@ class ControlPlane:
         await self.bootstrap_admin_key()
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(self.edge.run)
                 await tg.start(self.mcp.run)
                 await tg.start(self.engine.run)
                 tg.start_soon(self.work.run_reaper)

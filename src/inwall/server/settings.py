@@ -30,6 +30,7 @@ class ServerSettings:
     tunnel_connect_wait_s: float = 3.0
     tunnel_rotation_grace_s: float = 60.0
     policy_file: Path | None = None
+    mcp_credentials_file: Path | None = None
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     anthropic_base_url: str | None = None
     openai_base_url: str | None = None
