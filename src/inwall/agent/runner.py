@@ -10,6 +10,7 @@ the next runner reads the log and carries on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import anyio
 import sqlalchemy as sa
 
+from inwall.audit.chain import canonical_json
 from inwall.agent.catalog import Catalog, CatalogTool, McpToolInfo, build_catalog, evaluate_permission
 from inwall.agent.models.base import ModelError, ModelProvider, ModelRequest, ModelResponse
 from inwall.agent.offload import DEFAULT_THRESHOLD_TOKENS, offload_note
@@ -36,6 +38,7 @@ from inwall.agent.turn import (
     decide,
     result_text,
 )
+from inwall.control.auditlog import ControlAudit
 from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
 from inwall.control.work import WorkQueue
@@ -98,8 +101,7 @@ class RunnerDeps:
     resolve_mcp: Callable[[Mapping[str, Any]], McpServerRef] = field(
         default=lambda d: McpServerRef(name=str(d["name"]), url=str(d["url"]))
     )
-    # Hook for large results (issue 5): may rewrite what the model sees.
-    after_result: Callable[[Tx, Mapping[str, Any], ToolCall, dict[str, Any]], Awaitable[None]] | None = None
+    audit: ControlAudit | None = None
 
 
 class _Interrupted(Exception):
@@ -454,7 +456,27 @@ class SessionRunner:
                 await change_status(tx, self.session_id, "idle", stop_reason=stop, force_event=True)
             if needs_worker:
                 await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        await self._audit_calls(session, emitted, internals)
         await self._refresh()
+
+    async def _audit_calls(
+        self, session: Mapping[str, Any], emitted: Sequence[dict[str, Any]], internals: Sequence[dict[str, Any]]
+    ) -> None:
+        if self.deps.audit is None:
+            return
+        for ev, internal in zip(emitted, internals, strict=True):
+            if ev["type"] not in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use"):
+                continue
+            await self.deps.audit.safe_record(
+                "tool.call",
+                outcome="refused" if internal.get("refused") else str(ev.get("evaluated_permission", "allow")),
+                session_id=self.session_id,
+                user_id=session.get("owner_user_id"),
+                tool=internal.get("model_name"),
+                tool_use_id=ev["id"],
+                input_sha256=hashlib.sha256(canonical_json(ev.get("input") or {})).hexdigest(),
+                reason=internal.get("reason"),
+            )
 
     async def _add_usage(self, tx: Tx, response: ModelResponse) -> None:
         row = (await tx.conn.execute(sa.select(s.sessions.c.body).where(s.sessions.c.id == self.session_id))).one()
@@ -494,6 +516,16 @@ class SessionRunner:
                 content, is_error = result.content, result.is_error
         async with self.deps.log.transaction() as tx:
             await self._record_result(tx, call, content, is_error=is_error)
+        if self.deps.audit is not None:
+            await self.deps.audit.safe_record(
+                "tool.result",
+                outcome="error" if is_error else "ok",
+                session_id=self.session_id,
+                user_id=session.get("owner_user_id"),
+                tool=call.model_name,
+                tool_use_id=call.event_id,
+                bytes_out=sum(len(str(b.get("text", ""))) for b in content),
+            )
         await self._refresh()
 
     async def _record_result(self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool) -> None:
@@ -503,11 +535,7 @@ class SessionRunner:
         else:
             event = {"type": "agent.tool_result", "tool_use_id": call.event_id}
         event.update(content=list(content), is_error=is_error)
-        internal: dict[str, Any] = {"step": call.step}
-        if self.deps.after_result is not None:
-            await self.deps.after_result(tx, {"id": self.session_id}, call, event)
-            internal.update(event.pop("_internal", {}))
-        await tx.append(self.session_id, [event], internal=[internal])
+        await tx.append(self.session_id, [event], internal=[{"step": call.step}])
 
     async def _session_error(self, error_type: str, message: str, retry_status: str, **extra: Any) -> None:
         error = {"type": error_type, "message": message, "retry_status": {"type": retry_status}, **extra}

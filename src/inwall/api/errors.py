@@ -89,8 +89,21 @@ def _describe(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.InwallError)
-    async def _inwall(_: Request, exc: e.InwallError) -> JSONResponse:
-        return _for_inwall(exc)
+    async def _inwall(request: Request, exc: e.InwallError) -> JSONResponse:
+        response = _for_inwall(exc)
+        if isinstance(exc, e.AuthError):
+            # Every 401 and 403 is part of the audit trail (never the credential itself).
+            plane = getattr(request.app.state, "plane", None)
+            if plane is not None:
+                await plane.audit.safe_record(
+                    "auth.denied",
+                    outcome=str(response.status_code),
+                    method=request.method,
+                    path=request.url.path,
+                    reason=exc.message,
+                    client=request.client.host if request.client else None,
+                )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

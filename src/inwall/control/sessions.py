@@ -25,6 +25,7 @@ from inwall.agent.config import (
 )
 from inwall.api.schemas.sessions import AgentRef, AgentWithOverrides, EventsSend, SessionCreate, SessionUpdate
 from inwall.control.agents import AgentService
+from inwall.control.auditlog import ControlAudit
 from inwall.control.auth import Principal
 from inwall.control.environments import EnvironmentService
 from inwall.control.events import EventLog, Tx
@@ -79,8 +80,15 @@ def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
 
 class SessionService:
     def __init__(
-        self, db: Database, log: EventLog, work: WorkQueue, agents: AgentService, environments: EnvironmentService
+        self,
+        db: Database,
+        log: EventLog,
+        work: WorkQueue,
+        agents: AgentService,
+        environments: EnvironmentService,
+        audit: ControlAudit | None = None,
     ) -> None:
+        self._audit = audit
         self._db = db
         self._log = log
         self._work = work
@@ -310,7 +318,22 @@ class SessionService:
                 )
                 if kind == "user.message":
                     await self._work.ensure_work(tx, session_id, row["environment_id"])
-            return {"data": echoed}
+        if self._audit is not None:
+            for ev in echoed:
+                if ev["type"] in ("user.tool_result", "user.custom_tool_result", "user.tool_confirmation"):
+                    await self._audit.safe_record(
+                        "tool.result" if ev["type"] != "user.tool_confirmation" else "tool.confirmation",
+                        outcome=("error" if ev.get("is_error") else "ok")
+                        if ev["type"] != "user.tool_confirmation"
+                        else str(ev.get("result")),
+                        session_id=session_id,
+                        user_id=row["owner_user_id"],
+                        tool_use_id=ev.get("tool_use_id") or ev.get("custom_tool_use_id"),
+                        by=who.kind,
+                        work_id=who.work_id,
+                        bytes_out=sum(len(str(b.get("text", ""))) for b in ev.get("content") or []),
+                    )
+        return {"data": echoed}
 
     async def _check_reference(self, tx: Tx, session_id: str, payload: dict[str, Any]) -> None:
         kind = payload["type"]

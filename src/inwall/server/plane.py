@@ -29,6 +29,7 @@ from inwall.control.environments import EnvironmentService
 from inwall.control.events import EventLog
 from inwall.control.sessions import SessionService
 from inwall.control.tunnels import TunnelService
+from inwall.control.users import UserService
 from inwall.control.work import WorkQueue
 from inwall.errors import ConfigError
 from inwall.mcp.credentials import McpCredentials
@@ -68,17 +69,20 @@ class ControlPlane:
         self.events = EventLog(self.db, self.bus)
         self.tokens = SessionTokens(self.server_key)
         self.keys = KeyStore(self.db, self.tokens)
+        self.users = UserService(self.db, self.keys)
         self.agents = AgentService(self.db)
         self.environments = EnvironmentService(self.db)
         self.work = WorkQueue(
             self.db, self.events, self.tokens, lease_ttl_s=settings.lease_ttl_s, reap_interval_s=settings.reap_interval_s
         )
-        self.sessions = SessionService(self.db, self.events, self.work, self.agents, self.environments)
+        self.audit = ControlAudit(self.db)
+        self.sessions = SessionService(
+            self.db, self.events, self.work, self.agents, self.environments, audit=self.audit
+        )
         self.providers = ProviderRegistry()
         self.provider_settings = ProviderSettings(
             anthropic_base_url=settings.anthropic_base_url, openai_base_url=settings.openai_base_url
         )
-        self.audit = ControlAudit(self.db)
         self.tunnels = TunnelService(
             self.db,
             self.server_key,
@@ -105,6 +109,7 @@ class ControlPlane:
                 mcp=self.mcp,
                 settings=settings.runner,
                 resolve_mcp=self.mcp_credentials.resolve,
+                audit=self.audit,
             )
         )
         self.admin_key_path = data_dir / "admin_key"
