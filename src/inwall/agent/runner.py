@@ -21,7 +21,8 @@ import anyio
 import sqlalchemy as sa
 
 from inwall.audit.chain import canonical_json
-from inwall.agent.catalog import Catalog, CatalogTool, McpToolInfo, build_catalog, evaluate_permission
+from inwall.agent.catalog import Catalog, McpToolInfo, build_catalog, evaluate_permission
+from inwall.agent.gate import DENIAL_TEXT, PolicyGate
 from inwall.agent.models.base import ModelError, ModelProvider, ModelRequest, ModelResponse
 from inwall.agent.offload import DEFAULT_THRESHOLD_TOKENS, offload_note
 from inwall.agent.turn import (
@@ -43,37 +44,22 @@ from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
 from inwall.control.work import WorkQueue
 from inwall.errors import InwallError
+from inwall.governance import IdentityIssuer, PolicyEngine, input_digest
 from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
 from inwall.store import schema as s
 from inwall.store.db import Database
 
-__all__ = ["ProviderLookup", "RunnerDeps", "RunnerSettings", "SessionRunner", "ToolGate"]
+__all__ = ["IDENTITY_META_KEY", "ProviderLookup", "RunnerDeps", "RunnerSettings", "SessionRunner"]
+
+# Where a tools/call request carries the caller's identity token (MCP ``_meta``).
+IDENTITY_META_KEY = "inwall/identity"
+_ALLOW_ALL = PolicyEngine(None)
 
 log = logging.getLogger(__name__)
 
 
 class ProviderLookup(Protocol):
     def __call__(self, model_id: str) -> tuple[ModelProvider, str]: ...
-
-
-class ToolGate(Protocol):
-    """Governance seam: may this session's caller see / call this tool? (issue 6 plugs Cedar in here)."""
-
-    def visible(self, session: Mapping[str, Any], catalog: Catalog) -> Catalog: ...
-
-    async def check(
-        self, session: Mapping[str, Any], tool: CatalogTool, arguments: Mapping[str, Any]
-    ) -> tuple[bool, str]: ...
-
-
-class AllowAll:
-    def visible(self, session: Mapping[str, Any], catalog: Catalog) -> Catalog:
-        return catalog
-
-    async def check(
-        self, session: Mapping[str, Any], tool: CatalogTool, arguments: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        return True, "no policy configured"
 
 
 @dataclass(frozen=True)
@@ -95,7 +81,10 @@ class RunnerDeps:
     providers: ProviderLookup
     mcp: McpClientPool
     settings: RunnerSettings = field(default_factory=RunnerSettings)
-    gate: ToolGate = field(default_factory=AllowAll)
+    gate: PolicyGate | None = None
+    # Signs the caller's identity for the perimeter (a gateway behind a tunnel checks it).
+    issuer: IdentityIssuer | None = None
+    tunnel_of: Callable[[str], str] = field(default=lambda url: "")
     mcp_cache: dict[str, dict[str, list[McpToolInfo]]] = field(default_factory=dict)
     # Resolve an MCP server definition to a reference with credentials (static bearer tokens from config).
     resolve_mcp: Callable[[Mapping[str, Any]], McpServerRef] = field(
@@ -117,6 +106,7 @@ class SessionRunner:
         self.session_id = session_id
         self.deps = deps
         self.state = TurnState()
+        self.gate = deps.gate or PolicyGate(deps.db, lambda: _ALLOW_ALL)
 
     # -- main loop -----------------------------------------------------------------
 
@@ -234,7 +224,8 @@ class SessionRunner:
                 unavailable[name] = str(exc)
                 cache.pop(name, None)
                 await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
-        return self.deps.gate.visible(session, build_catalog(agent, cache, unavailable))
+        identity = await self.gate.identity(session)
+        return self.gate.visible(identity, session, build_catalog(agent, cache, unavailable))
 
     async def _offload(self, action: Offload) -> None:
         call = action.call
@@ -384,6 +375,7 @@ class SessionRunner:
                 text.clear()
 
         needs_worker = False
+        identity = await self.gate.identity(session)
         for block in response.content:
             if block.get("type") == "text":
                 if block.get("text"):
@@ -395,7 +387,7 @@ class SessionRunner:
             name = str(block.get("name"))
             arguments = dict(block.get("input") or {})
             tool = catalog.get(name)
-            allowed, why = (False, "unknown tool") if tool is None else await self.deps.gate.check(session, tool, arguments)
+            allowed, why = (False, "unknown tool") if tool is None else self.gate.check(identity, session, tool, arguments)
             if tool is None or not allowed:
                 refusals.append((len(events), _refusal_text(name, tool is None)))
                 events.append(
@@ -496,6 +488,7 @@ class SessionRunner:
             content = [{"type": "text", "text": f"MCP server {call.mcp_server!r} is no longer attached to this session."}]
             is_error = True
         else:
+            meta = await self._identity_meta(session, call, str(definition.get("url", "")))
             try:
                 result = await self._interruptible(
                     self.deps.mcp.call_tool(
@@ -504,6 +497,7 @@ class SessionRunner:
                         str(call.mcp_tool),
                         call.input,
                         timeout_s=self.deps.settings.mcp_call_timeout_s,
+                        meta=meta,
                     )
                 )
             except _Interrupted:
@@ -527,6 +521,21 @@ class SessionRunner:
                 bytes_out=sum(len(str(b.get("text", ""))) for b in content),
             )
         await self._refresh()
+
+    async def _identity_meta(self, session: Mapping[str, Any], call: ToolCall, url: str) -> dict[str, Any] | None:
+        """A signed statement of who is calling, for a gateway inside the perimeter (tunnel hosts only)."""
+        tunnel = self.deps.tunnel_of(url)
+        if self.deps.issuer is None or not tunnel:
+            return None
+        token = self.deps.issuer.mint(
+            await self.gate.identity(session),
+            audience=f"inwall-gateway:{tunnel}",
+            tool=str(call.mcp_tool),
+            input_sha256=input_digest(call.input),
+            tool_use_id=call.event_id,
+            session_id=self.session_id,
+        )
+        return {IDENTITY_META_KEY: token}
 
     async def _record_result(self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool) -> None:
         """A result the control plane itself produced (MCP, interrupted, refused)."""
@@ -561,4 +570,4 @@ def _span_end(start_id: str, response: ModelResponse | None, *, is_error: bool =
 def _refusal_text(name: str, unknown: bool) -> str:
     if unknown:
         return f"Error: tool {name!r} is not available in this session."
-    return f"Error: the call to {name!r} was denied by policy."
+    return DENIAL_TEXT

@@ -23,6 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mcp-credentials", type=Path, help="TOML file mapping MCP server URL prefixes to static bearer credentials"
     )
+    parser.add_argument("--oidc-issuer", help="accept end-user OIDC ID tokens from this issuer (e.g. Entra ID, Google)")
+    parser.add_argument("--oidc-audience", help="the audience (client id) those ID tokens must carry")
+    parser.add_argument("--oidc-jwks-url", help="JWKS URL (default: discovered from the issuer)")
+    parser.add_argument("--oidc-roles-claim", default="groups", help="claim holding the end user's roles")
     parser.add_argument("--lease-ttl", type=int, help="work-item lease TTL in seconds (default 30)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -44,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         policy_file=args.policy,
         mcp_credentials_file=args.mcp_credentials,
+        oidc_issuer=args.oidc_issuer,
+        oidc_audience=args.oidc_audience,
+        oidc_jwks_url=args.oidc_jwks_url,
+        oidc_roles_claim=args.oidc_roles_claim,
         lease_ttl_s=args.lease_ttl,
         log_level=args.log_level,
     )

@@ -73,8 +73,12 @@ def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": ts(row["created_at"]),
         "updated_at": ts(row["updated_at"]),
         "archived_at": ts(row["archived_at"]),
-        # inwall extension: why the session last went idle (the SDK has no field for it).
+        # inwall extensions (the SDK has no fields for them): why the session last went
+        # idle, and whom it acts for when an end user's OIDC token was presented.
         "stop_reason": body.get("stop_reason"),
+        "acting_for": (
+            {k: body["acting_for"][k] for k in ("user_id", "kind", "roles", "name")} if body.get("acting_for") else None
+        ),
     }
 
 
@@ -151,7 +155,9 @@ class SessionService:
                 snapshot["skills"] = normalize_skills(ref.skills)
         return snapshot
 
-    async def create(self, params: SessionCreate, who: Principal) -> dict[str, Any]:
+    async def create(
+        self, params: SessionCreate, who: Principal, *, acting_for: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         who.require_api_key()
         session_id = new_id("sesn")
         at = now()
@@ -165,6 +171,8 @@ class SessionService:
                 "usage": {},
                 "stop_reason": None,
             }
+            if acting_for is not None:
+                body["acting_for"] = acting_for
             await tx.conn.execute(
                 s.sessions.insert().values(
                     id=session_id,
@@ -334,6 +342,34 @@ class SessionService:
                         bytes_out=sum(len(str(b.get("text", ""))) for b in ev.get("content") or []),
                     )
         return {"data": echoed}
+
+    async def pending_tool_use(self, session_id: str, who: Principal) -> dict[str, Any]:
+        """The oldest built-in tool call still waiting for a worker (the one a worker is about to run)."""
+        if who.kind not in ("environment", "session", "admin"):
+            raise PermissionDenied("identity tokens are issued to the worker serving the session")
+        result = sa.alias(s.events)
+        has_result = (
+            sa.select(result.c.id)
+            .where(
+                result.c.session_id == session_id,
+                result.c.ref_id == s.events.c.id,
+                result.c.ref_kind == "result",
+            )
+            .exists()
+        )
+        async with self._db.read() as conn:
+            row = await self._row(conn, session_id, who)
+            event = (
+                await conn.execute(
+                    sa.select(s.events.c.body, s.events.c.internal)
+                    .where(s.events.c.session_id == session_id, s.events.c.type == "agent.tool_use", ~has_result)
+                    .order_by(s.events.c.seq)
+                    .limit(1)
+                )
+            ).first()
+        if event is None or (event.internal or {}).get("refused"):
+            raise NotFound(f"session {session_id} has no tool call waiting for a worker")
+        return {"session": dict(row), "event": event.body}
 
     async def _check_reference(self, tx: Tx, session_id: str, payload: dict[str, Any]) -> None:
         kind = payload["type"]

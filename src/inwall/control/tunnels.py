@@ -306,6 +306,15 @@ class TunnelService:
     def is_tunnel_host(self, host: str) -> bool:
         return self.domain_for_host(host) is not None
 
+    def tunnel_id_for_url(self, url: str) -> str:
+        """The id of the tunnel a URL goes through ("" for a direct URL); domains embed the id."""
+        from urllib.parse import urlsplit
+
+        domain = self.domain_for_host(urlsplit(url).hostname or "")
+        if domain is None:
+            return ""
+        return "tnl_" + domain.split(".", 1)[0]
+
 
 def _parse_ca(pem: str) -> x509.Certificate:
     if len(pem.encode()) > MAX_PEM_BYTES:

@@ -100,14 +100,23 @@ class McpPool:
         return await self._with_session(session_id, server, op)
 
     async def call_tool(
-        self, session_id: str, server: McpServerRef, tool: str, arguments: Mapping[str, Any], *, timeout_s: float
+        self,
+        session_id: str,
+        server: McpServerRef,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        meta: Mapping[str, Any] | None = None,
     ) -> McpCallResult:
         import mcp_types as types
         from mcp import MCPError
 
         async def op(client: ClientSession) -> McpCallResult:
             try:
-                result = await client.call_tool(tool, dict(arguments), read_timeout_seconds=timeout_s)
+                result = await client.call_tool(
+                    tool, dict(arguments), read_timeout_seconds=timeout_s, meta=dict(meta) if meta else None
+                )
             except MCPError as exc:
                 if exc.code == types.REQUEST_TIMEOUT:
                     return McpCallResult([{"type": "text", "text": f"MCP tool {tool!r} timed out after {timeout_s:g}s"}], True)

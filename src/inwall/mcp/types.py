@@ -42,7 +42,14 @@ class McpClientPool(Protocol):
     async def list_tools(self, session_id: str, server: McpServerRef) -> list[McpToolInfo]: ...
 
     async def call_tool(
-        self, session_id: str, server: McpServerRef, tool: str, arguments: Mapping[str, Any], *, timeout_s: float
+        self,
+        session_id: str,
+        server: McpServerRef,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        meta: Mapping[str, Any] | None = None,
     ) -> McpCallResult: ...
 
     def tools_changed(self, session_id: str, server: str) -> bool:

@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -31,10 +32,13 @@ from inwall.control.sessions import SessionService
 from inwall.control.tunnels import TunnelService
 from inwall.control.users import UserService
 from inwall.control.work import WorkQueue
+from inwall.agent.gate import PolicyGate
 from inwall.errors import ConfigError
+from inwall.governance import IdentityIssuer, IdentityKeys, OidcValidator, PolicyEngine, PolicyFile
 from inwall.mcp.credentials import McpCredentials
 from inwall.mcp.pool import McpPool
 from inwall.server.settings import ServerSettings
+from inwall.ids import now, rfc3339
 from inwall.store.db import Database, sqlite_url
 from inwall.tunnel.edge import TunnelEdge
 
@@ -100,6 +104,33 @@ class ControlPlane:
         self.mcp_credentials = (
             McpCredentials.load(settings.mcp_credentials_file) if settings.mcp_credentials_file else McpCredentials()
         )
+        self.identity_keys = IdentityKeys.load_or_create(data_dir)
+        self.identity_issuer = IdentityIssuer(self.identity_keys.private_key)
+        self.policy_status: dict[str, Any] = {
+            "source": str(settings.policy_file) if settings.policy_file else None,
+            "loaded_at": None,
+            "last_error": None,
+            "last_error_at": None,
+        }
+        self.policy_file = (
+            PolicyFile(settings.policy_file, on_error=self._policy_rejected, on_reload=self._policy_loaded)
+            if settings.policy_file
+            else None
+        )
+        if self.policy_file is not None:
+            self.policy_status["loaded_at"] = rfc3339(now())
+        self._open_policy = PolicyEngine(None)
+        self.gate = PolicyGate(self.db, self.policy_engine, tunnel_of=self.tunnels.tunnel_id_for_url)
+        self.oidc = (
+            OidcValidator(
+                settings.oidc_issuer,
+                settings.oidc_audience or "",
+                jwks_url=settings.oidc_jwks_url,
+                roles_claim=settings.oidc_roles_claim,
+            )
+            if settings.oidc_issuer
+            else None
+        )
         self.engine = Engine(
             RunnerDeps(
                 db=self.db,
@@ -110,10 +141,24 @@ class ControlPlane:
                 settings=settings.runner,
                 resolve_mcp=self.mcp_credentials.resolve,
                 audit=self.audit,
+                gate=self.gate,
+                issuer=self.identity_issuer,
+                tunnel_of=self.tunnels.tunnel_id_for_url,
             )
         )
         self.admin_key_path = data_dir / "admin_key"
         self.ready = False
+
+    def _policy_rejected(self, message: str) -> None:
+        log.error("policy file rejected; the previous policy stays in force: %s", message)
+        self.policy_status.update(last_error=message, last_error_at=rfc3339(now()))
+
+    def _policy_loaded(self, engine: PolicyEngine) -> None:
+        log.info("policy reloaded: %s", engine.describe())
+        self.policy_status.update(loaded_at=rfc3339(now()), last_error=None, last_error_at=None)
+
+    def policy_engine(self) -> PolicyEngine:
+        return self.policy_file.engine if self.policy_file is not None else self._open_policy
 
     async def bootstrap_admin_key(self) -> None:
         """Ensure an admin key exists. It is written to ``DATA_DIR/admin_key`` (0600), never printed."""
@@ -144,6 +189,9 @@ class ControlPlane:
                 await tg.start(self.mcp.run)
                 await tg.start(self.engine.run)
                 tg.start_soon(self.work.run_reaper)
+                if self.policy_file is not None:
+                    tg.start_soon(self.policy_file.watch, 1.0)
+                log.info("tool governance: %s", self.policy_engine().describe())
                 self.ready = True
                 try:
                     yield self

@@ -31,6 +31,10 @@ class ServerSettings:
     tunnel_rotation_grace_s: float = 60.0
     policy_file: Path | None = None
     mcp_credentials_file: Path | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_roles_claim: str = "groups"
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     anthropic_base_url: str | None = None
     openai_base_url: str | None = None

@@ -13,6 +13,7 @@ from starlette.responses import StreamingResponse
 from inwall.api.deps import bracket_map, flag, plane, principal
 from inwall.api.schemas.common import Strict
 from inwall.control.auth import Principal
+from inwall.governance import input_digest
 
 router = APIRouter(prefix="/v1/inwall", tags=["inwall"])
 
@@ -100,3 +101,47 @@ async def list_audit(
             "ts": bracket_map(request, "ts", ("gt", "gte", "lt", "lte")),
         },
     )
+
+
+@router.get("/sessions/{session_id}/identity")
+async def worker_identity(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """For a worker about to run a tool call: who it runs for, signed by the control plane.
+
+    The token names the tool and a digest of its input and expires in a minute,
+    so the worker can check it belongs to the very call it is executing.
+    """
+    cp = plane(request)
+    pending = await cp.sessions.pending_tool_use(session_id, who)
+    session, event = pending["session"], pending["event"]
+    identity = await cp.gate.identity(session)
+    token = cp.identity_issuer.mint(
+        identity,
+        audience=f"inwall-worker:{session['environment_id']}",
+        tool=str(event["name"]),
+        input_sha256=input_digest(event.get("input") or {}),
+        tool_use_id=str(event["id"]),
+        session_id=session_id,
+    )
+    return {"type": "identity_token", "token": token, "tool_use_id": event["id"], "tool": event["name"]}
+
+
+@router.get("/identity/public_key", response_model=None)
+async def identity_public_key(request: Request) -> Any:
+    """The key perimeter components verify identity tokens with (pin it in their config)."""
+    from starlette.responses import Response
+
+    return Response(plane(request).identity_keys.public_pem, media_type="application/x-pem-file")
+
+
+@router.get("/policy")
+async def policy_status(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Which tool-governance policy is in force, and whether the last edit of the file was rejected."""
+    who.require_admin()
+    cp = plane(request)
+    engine = cp.policy_engine()
+    return {
+        "type": "policy_status",
+        "description": engine.describe(),
+        "policies": [p.id for p in engine.policies.policies] if engine.policies else [],
+        **cp.policy_status,
+    }

@@ -22,9 +22,29 @@ SESSION_STATUSES = ("rescheduling", "running", "idle", "terminated")
 CREATED_OPS = ("gt", "gte", "lt", "lte")
 
 
+END_USER_HEADER = "x-inwall-end-user-token"
+
+
 @router.post("")
 async def create_session(body: SessionCreate, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    return await plane(request).sessions.create(body, who)
+    cp = plane(request)
+    acting_for: dict[str, Any] | None = None
+    token = request.headers.get(END_USER_HEADER)
+    if token:
+        if cp.oidc is None:
+            raise InvalidInput(
+                f"{END_USER_HEADER} was sent but this server accepts no end-user tokens "
+                "(start it with --oidc-issuer and --oidc-audience)"
+            )
+        end_user = await cp.oidc.validate(token)
+        acting_for = {
+            "user_id": end_user.user_id,
+            "kind": end_user.kind,
+            "roles": list(end_user.roles),
+            "name": end_user.name,
+            "claims": dict(end_user.claims),
+        }
+    return await cp.sessions.create(body, who, acting_for=acting_for)
 
 
 @router.get("")
