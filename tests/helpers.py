@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anthropic import AsyncAnthropic
+from anthropic.types.beta.sessions import BetaManagedAgentsUserMessageEventParams
+from anyio.from_thread import start_blocking_portal
 
 from inwall.agent.runner import RunnerSettings
 from inwall.server.serve import Bound, serve
@@ -25,6 +27,7 @@ __all__ = [
     "fast_settings",
     "mint_env_key",
     "running_server",
+    "running_server_in_thread",
     "user_message",
     "wait_for_event",
     "wait_for_events",
@@ -63,6 +66,20 @@ async def running_server(settings: ServerSettings) -> AsyncIterator[Server]:
             yield Server(bound, key)
         finally:
             tg.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def running_server_in_thread(settings: ServerSettings) -> Iterator[Server]:
+    """``running_server`` on its own event-loop thread, for sync (e.g. module-scoped) fixtures.
+
+    The server is as real as ever (uvicorn on loopback); clients in the test's own loop reach it
+    over its socket. A module-scoped async fixture would need a module-scoped ``anyio_backend``.
+    """
+    with (
+        start_blocking_portal(backend="asyncio") as portal,
+        portal.wrap_async_context_manager(running_server(settings)) as srv,
+    ):
+        yield srv
 
 
 async def wait_for_event(
@@ -156,10 +173,10 @@ async def wait_for_events(
     session_id: str,
     done: Callable[[list[Any]], bool],
     *,
-    timeout: float = 10.0,
+    within: float = 10.0,
 ) -> list[Any]:
-    """Re-read the event list until ``done(events)`` holds; return that list (bounded by ``timeout``)."""
-    with anyio.fail_after(timeout):
+    """Re-read the event list until ``done(events)`` holds; return that list (bounded by ``within`` s)."""
+    with anyio.fail_after(within):
         while True:
             events = await events_of(client, session_id)
             if done(events):
@@ -167,9 +184,9 @@ async def wait_for_events(
             await anyio.sleep(0.05)
 
 
-async def wait_until(check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Await ``check()`` until it returns something truthy; return it (bounded by ``timeout``)."""
-    with anyio.fail_after(timeout):
+async def wait_until(check: Callable[[], Any], *, within: float = 10.0, interval: float = 0.05) -> Any:
+    """Await ``check()`` until it returns something truthy; return it (bounded by ``within`` s)."""
+    with anyio.fail_after(within):
         while True:
             value = await check()
             if value:
@@ -187,7 +204,7 @@ async def mint_env_key(client: AsyncAnthropic, environment_id: str) -> str:
     return key
 
 
-def user_message(text: str) -> dict[str, Any]:
+def user_message(text: str) -> BetaManagedAgentsUserMessageEventParams:
     """A ``user.message`` event param holding one text block."""
     return {"type": "user.message", "content": [{"type": "text", "text": text}]}
 

@@ -538,13 +538,23 @@ class SessionRunner:
         return {IDENTITY_META_KEY: token}
 
     async def _record_result(self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool) -> None:
-        """A result the control plane itself produced (MCP, interrupted, refused)."""
+        """A result the control plane itself produced (MCP, interrupted, refused).
+
+        An interrupted worker or client call is closed with the same result event a
+        worker or client would post (``user.tool_result`` / ``user.custom_tool_result``):
+        the SDK's session runner treats only those as answers, so any worker that serves
+        the session later will not run the interrupted call.
+        """
         if call.kind == "mcp":
             event = {"type": "agent.mcp_tool_result", "mcp_tool_use_id": call.event_id}
+        elif call.kind == "builtin":
+            event = {"type": "user.tool_result", "tool_use_id": call.event_id}
+        elif call.kind == "custom":
+            event = {"type": "user.custom_tool_result", "custom_tool_use_id": call.event_id}
         else:
             event = {"type": "agent.tool_result", "tool_use_id": call.event_id}
         event.update(content=list(content), is_error=is_error)
-        await tx.append(self.session_id, [event], internal=[{"step": call.step}])
+        await tx.append(self.session_id, [event], internal=[{"step": call.step, "by": "control_plane"}])
 
     async def _session_error(self, error_type: str, message: str, retry_status: str, **extra: Any) -> None:
         error = {"type": error_type, "message": message, "retry_status": {"type": retry_status}, **extra}

@@ -77,7 +77,7 @@ class ToolCall:
         return self.result is not None or self.confirmation == "deny" or self.permission == "deny"
 
     def result_block(self) -> ContentBlock:
-        if self.result is not None:
+        if self.result is not None and self.confirmation != "deny":
             content, is_error = self.result, self.is_error
             if self.offload_error:
                 content = [

@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from starlette.exceptions import HTTPException
+
 from inwall.errors import PayloadTooLarge
 
 __all__ = ["BodyLimit"]
@@ -40,8 +42,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Raised inside the app, so its error handlers turn it into the 413 body.
-                    raise PayloadTooLarge(self._message())
+                    # Raised inside the app while it reads the body. FastAPI turns anything but
+                    # an HTTPException from body reading into a 400, so it must be one.
+                    raise HTTPException(status_code=413, detail=self._message())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -52,7 +55,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except PayloadTooLarge:
+        except (PayloadTooLarge, HTTPException):
             if not started:
                 await _reject(send, 413, "request_too_large", self._message())
 

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-__all__ = ["EventBus"]
+__all__ = ["EventBus", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,23 @@ class _Signal:
         return fired
 
 
+class Subscription:
+    """One live reader of a session's events; ``close`` is idempotent."""
+
+    def __init__(
+        self, bus: EventBus, session_id: str, send: ObjectSendStream[Event], receive: ObjectReceiveStream[Event]
+    ) -> None:
+        self._bus = bus
+        self._session_id = session_id
+        self._send = send
+        self.events = receive
+
+    def close(self) -> None:
+        self._bus._drop(self._session_id, self._send)  # noqa: SLF001 - the bus's own helper
+        self._send.close()
+        self.events.close()
+
+
 class EventBus:
     def __init__(self, *, buffer: int = 1024) -> None:
         self._buffer = buffer
@@ -62,20 +79,26 @@ class EventBus:
 
     # -- session event streams -------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, session_id: str) -> AsyncIterator[ObjectReceiveStream[Event]]:
+    def open(self, session_id: str) -> Subscription:
+        """Subscribe now (synchronously, so nothing published after this call is missed)."""
         send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=self._buffer)
         self._subscribers[session_id].add(send)
+        return Subscription(self, session_id, send, receive)
+
+    def _drop(self, session_id: str, send: ObjectSendStream[Event]) -> None:
+        subs = self._subscribers.get(session_id)
+        if subs is not None:
+            subs.discard(send)
+            if not subs:
+                del self._subscribers[session_id]
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, session_id: str) -> AsyncIterator[ObjectReceiveStream[Event]]:
+        sub = self.open(session_id)
         try:
-            yield receive
+            yield sub.events
         finally:
-            subs = self._subscribers.get(session_id)
-            if subs is not None:
-                subs.discard(send)
-                if not subs:
-                    del self._subscribers[session_id]
-            send.close()
-            receive.close()
+            sub.close()
 
     def publish(self, session_id: str, events: list[Event]) -> None:
         for send in list(self._subscribers.get(session_id, ())):

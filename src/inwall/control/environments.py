@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,8 +36,9 @@ def _render(row: Any) -> dict[str, Any]:
 
 
 class EnvironmentService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, on_keys_removed: Callable[[], None] | None = None) -> None:
         self._db = db
+        self.on_keys_removed = on_keys_removed
 
     async def create(self, params: EnvironmentCreate) -> dict[str, Any]:
         env_id = new_id("env")
@@ -81,6 +83,15 @@ class EnvironmentService:
                 raise InvalidInput(f"environment {env_id} is archived", error_code="environment_archived")
             body = dict(row["body"])
             fields = params.model_fields_set
+            if params.config is not None:
+                if params.config.get("type") != "self_hosted":
+                    raise InvalidInput(
+                        f"environment {env_id} is self_hosted; its config type cannot change to "
+                        f"{params.config.get('type')!r}",
+                        error_code="invalid_config_type_change",
+                    )
+                if set(params.config) != {"type"}:
+                    raise InvalidInput("a self_hosted config takes no fields besides type")
             if "name" in fields and params.name is not None:
                 body["name"] = params.name
             if "description" in fields:
@@ -126,6 +137,8 @@ class EnvironmentService:
             if live.scalar_one():
                 raise Conflict(f"environment {env_id} still has live sessions; archive or delete them first")
             await conn.execute(s.api_keys.delete().where(s.api_keys.c.environment_id == env_id))
+            if self.on_keys_removed is not None:
+                self.on_keys_removed()
             await conn.execute(s.worker_polls.delete().where(s.worker_polls.c.environment_id == env_id))
             await conn.execute(s.environments.delete().where(s.environments.c.id == env_id))
         return {"id": env_id, "type": "environment_deleted"}

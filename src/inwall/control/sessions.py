@@ -394,12 +394,19 @@ class SessionService:
         if (target.internal or {}).get("refused"):
             raise Conflict(f"tool use {target_id} was refused by the control plane and takes no {ref_kind}")
         answered = await tx.conn.execute(
-            sa.select(s.events.c.ref_kind).where(
+            sa.select(s.events.c.ref_kind, s.events.c.body).where(
                 s.events.c.session_id == session_id,
                 s.events.c.ref_id == target_id,
             )
         )
-        kinds = {r.ref_kind for r in answered}
+        refs = {r.ref_kind: r.body for r in answered}
+        kinds = set(refs)
+        denied = (refs.get("confirmation") or {}).get("result") == "deny"
+        if ref_kind == "result" and ("result" in kinds or denied):
+            # 400, not 409: the SDK's worker retries a 409 for a whole lease TTL, holding up the
+            # session's next calls, and no retry can make this result acceptable.
+            why = "was denied, so it takes no result" if denied else "already has a result"
+            raise InvalidInput(f"tool use {target_id} {why}", error_code="tool_use_already_resolved")
         if "result" in kinds:
             raise Conflict(f"tool use {target_id} already has a result")
         if ref_kind == "confirmation":

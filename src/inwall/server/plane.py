@@ -75,7 +75,7 @@ class ControlPlane:
         self.keys = KeyStore(self.db, self.tokens)
         self.users = UserService(self.db, self.keys)
         self.agents = AgentService(self.db)
-        self.environments = EnvironmentService(self.db)
+        self.environments = EnvironmentService(self.db, on_keys_removed=self.keys.forget_cache)
         self.work = WorkQueue(
             self.db, self.events, self.tokens, lease_ttl_s=settings.lease_ttl_s, reap_interval_s=settings.reap_interval_s
         )

@@ -161,8 +161,7 @@ async def list_work(
 async def get_work(
     environment_id: str, work_id: str, request: Request, who: Principal = Depends(principal)
 ) -> dict[str, Any]:
-    if not who.is_api_key:
-        _item_holder(who, environment_id, work_id)
+    who.require_api_key()
     return await plane(request).work.retrieve(environment_id, work_id)
 
 

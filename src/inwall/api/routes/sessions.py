@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
+from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from inwall.api.deps import bracket_list, bracket_map, flag, plane, principal
@@ -138,27 +139,35 @@ async def stream_events(session_id: str, request: Request, who: Principal = Depe
     if bad:
         raise InvalidInput(f"event_deltas supports agent.message and agent.thinking, not {bad[0]!r}")
 
+    # Subscribe before the response exists: nothing committed after this line can be missed.
+    subscription = cp.bus.open(session_id)
+    preface: list[dict[str, Any]] = []
+    if row["status"] == "terminated":
+        # The session already ended: replay its final event so a late client stops too.
+        async with cp.db.read() as conn:
+            last = (
+                await conn.execute(
+                    sa.select(s.events.c.body)
+                    .where(s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated")
+                    .order_by(s.events.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+        if last is not None:
+            preface.append(last.body)
+
     async def body() -> AsyncIterator[bytes]:
-        async with cp.bus.subscribe(session_id) as events:
-            preface: list[dict[str, Any]] = []
-            if row["status"] == "terminated":
-                # The session already ended: replay its final event so a late client stops too.
-                async with cp.db.read() as conn:
-                    last = (
-                        await conn.execute(
-                            sa.select(s.events.c.body)
-                            .where(s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated")
-                            .order_by(s.events.c.seq.desc())
-                            .limit(1)
-                        )
-                    ).first()
-                if last is not None:
-                    preface.append(last.body)
-            async for chunk in event_stream(events, heartbeat_s=cp.settings.sse_heartbeat_s, preface=preface):
+        try:
+            async for chunk in event_stream(
+                subscription.events, heartbeat_s=cp.settings.sse_heartbeat_s, preface=preface
+            ):
                 yield chunk
+        finally:
+            subscription.close()
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        background=BackgroundTask(subscription.close),  # also when the body never started
     )

@@ -34,7 +34,10 @@ class EnvironmentCreate(Strict):
     metadata: Metadata = Field(default_factory=dict)
     scope: Literal["organization", "account"] | None = None
 
-    _check_config = field_validator("config", mode="before")(lambda cls, v: _only_self_hosted(v))
+    @field_validator("config", mode="before")
+    @classmethod
+    def _self_hosted_only(cls, v: Any) -> Any:
+        return _only_self_hosted(v)
 
     @field_validator("scope")
     @classmethod
@@ -46,9 +49,10 @@ class EnvironmentCreate(Strict):
 
 class EnvironmentUpdate(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
-    config: SelfHostedConfig | None = None
+    # Any config is accepted here so that a type change gets the SDK's typed error
+    # (invalid_config_type_change) from the service rather than a generic 400.
+    config: dict[str, Any] | None = None
     description: str | None = None
     metadata: MetadataPatch | None = None
     scope: Literal["organization", "account"] | None = None
 
-    _check_config = field_validator("config", mode="before")(lambda cls, v: _only_self_hosted(v))
