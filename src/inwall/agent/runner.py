@@ -15,12 +15,12 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import anyio
 import sqlalchemy as sa
 
-from inwall.audit.chain import canonical_json
 from inwall.agent.catalog import Catalog, McpToolInfo, build_catalog, evaluate_permission
 from inwall.agent.gate import DENIAL_TEXT, PolicyGate
 from inwall.agent.models.base import ModelError, ModelProvider, ModelRequest, ModelResponse
@@ -39,12 +39,14 @@ from inwall.agent.turn import (
     decide,
     result_text,
 )
+from inwall.audit.chain import canonical_json
 from inwall.control.auditlog import ControlAudit
 from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
 from inwall.control.work import WorkQueue
 from inwall.errors import InwallError
-from inwall.governance import IdentityIssuer, PolicyEngine, input_digest
+from inwall.governance import Identity, IdentityIssuer, PolicyEngine, input_digest
+from inwall.ids import now
 from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
 from inwall.store import schema as s
 from inwall.store.db import Database
@@ -107,6 +109,11 @@ class SessionRunner:
         self.deps = deps
         self.state = TurnState()
         self.gate = deps.gate or PolicyGate(deps.db, lambda: _ALLOW_ALL)
+        # The session row and the caller's identity change only with session.updated
+        # (mid-session edits); both are cached between steps to keep the hot path lean.
+        self._cached: dict[str, Any] | None = None
+        self._identity: Identity | None = None
+        self._ensured: tuple[str, ...] = ()
 
     # -- main loop -----------------------------------------------------------------
 
@@ -134,8 +141,11 @@ class SessionRunner:
             elif isinstance(action, Offload):
                 await self._offload(action)
             elif isinstance(action, WaitForWorker):
-                await self._ensure_running_with_worker()
-                await self._wait()
+                if action.call_ids != self._ensured or self.state.status == "idle":
+                    await self._ensure_running_with_worker()
+                    self._ensured = action.call_ids
+                if not await self._wait():
+                    self._ensured = ()  # a quiet wait slice: check on the work item again
             elif isinstance(action, RequireAction):
                 await self._require_action(action)
                 await self._wait()
@@ -149,12 +159,26 @@ class SessionRunner:
     async def _refresh(self) -> None:
         for ev in await self.deps.log.since(self.session_id, self.state.last_seq):
             self.state.apply(ev.seq, ev.body, ev.internal, ev.processed_at is not None)
+            if ev.type in ("session.updated", "session.status_terminated", "session.deleted"):
+                self._cached = None
 
-    async def _wait(self) -> None:
-        await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
+    async def _wait(self) -> bool:
+        woken = await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
         await self._refresh()
+        return woken
 
     async def _session(self) -> dict[str, Any]:
+        if self._cached is None:
+            self._cached = await self._load_session()
+            self._identity = None
+        return self._cached
+
+    async def _caller(self, session: Mapping[str, Any]) -> Identity:
+        if self._identity is None:
+            self._identity = await self.gate.identity(session)
+        return self._identity
+
+    async def _load_session(self) -> dict[str, Any]:
         async with self.deps.db.read() as conn:
             row = (
                 await conn.execute(
@@ -224,8 +248,7 @@ class SessionRunner:
                 unavailable[name] = str(exc)
                 cache.pop(name, None)
                 await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
-        identity = await self.gate.identity(session)
-        return self.gate.visible(identity, session, build_catalog(agent, cache, unavailable))
+        return self.gate.visible(await self._caller(session), session, build_catalog(agent, cache, unavailable))
 
     async def _offload(self, action: Offload) -> None:
         call = action.call
@@ -268,26 +291,38 @@ class SessionRunner:
         await self._refresh()
 
     async def _call_model(self, action: CallModel) -> None:
+        """One model step.
+
+        A step that starts a turn (it consumes input, or the session was idle) first
+        commits the inputs as consumed, the ``running`` status and the span start, so
+        clients see the turn begin; a server killed mid-call finds that span start
+        unanswered and makes the call again. A continuation step (after tool results)
+        writes nothing until the answer arrives, then commits it in one transaction
+        with its backdated span start: one commit per step on the hot path.
+        """
         session = await self._session()
         self._note_agent(session)
         agent = session["body"]["agent"]
         catalog = await self._catalog(session, turn_boundary=action.starts_turn or self.state.step == 0)
         step = self.state.step + 1
         messages = self.state.transcript(action.consume)
-        async with self.deps.log.transaction() as tx:
-            await tx.mark_processed(self.session_id, action.consume, consumed_step=step)
-            if self.state.status != "rescheduling":
-                await change_status(tx, self.session_id, "running")
-            [start] = await tx.append(self.session_id, [{"type": "span.model_request_start"}], internal=[{"step": step}])
-        self.state.consumed(action.consume, step)
-        await self._refresh()
+        start_id: str | None = None
+        if action.consume or self.state.status not in ("running", "rescheduling"):
+            async with self.deps.log.transaction() as tx:
+                await tx.mark_processed(self.session_id, action.consume, consumed_step=step)
+                if self.state.status != "rescheduling":
+                    await change_status(tx, self.session_id, "running")
+                [start] = await tx.append(
+                    self.session_id, [{"type": "span.model_request_start"}], internal=[{"step": step}]
+                )
+                start_id = start["id"]
+            self.state.consumed(action.consume, step)
+            await self._refresh()
+        started = now()
         try:
             provider, model_name = self.deps.providers(str(agent["model"]["id"]))
         except InwallError as exc:
-            await self._session_error("model_request_failed_error", str(exc), "exhausted")
-            async with self.deps.log.transaction() as tx:
-                await change_status(tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True)
-            await self._refresh()
+            await self._fail_step(step, start_id, started, "model_request_failed_error", str(exc))
             return
         request = ModelRequest(
             model=model_name,
@@ -298,38 +333,47 @@ class SessionRunner:
             metadata={"session_id": self.session_id},
         )
         try:
-            response = await self._model_with_retries(provider, request, start["id"], step)
+            response = await self._model_with_retries(provider, request, step, start_id, started)
         except _Interrupted:
             await self._refresh()
             return
-        if response is None:
-            return
-        await self._record_step(session, catalog, step, start["id"], response)
+        if response is not None:
+            await self._record_step(session, catalog, step, start_id, started, response)
+
+    async def _span_start(self, tx: Tx, step: int, start_id: str | None, started: datetime) -> str:
+        if start_id is not None:
+            return start_id
+        [start] = await tx.append(
+            self.session_id, [{"type": "span.model_request_start"}], internal=[{"step": step}], at=started
+        )
+        return str(start["id"])
+
+    async def _fail_step(
+        self, step: int, start_id: str | None, started: datetime, error_type: str, message: str
+    ) -> None:
+        """The step cannot be made: report it and end the turn (its inputs stay consumed: flushed)."""
+        await self._session_error(error_type, message, "exhausted")
+        async with self.deps.log.transaction() as tx:
+            start = await self._span_start(tx, step, start_id, started)
+            await tx.append(self.session_id, [_span_end(start, None, is_error=True)], internal=[{"step": step}])
+            await change_status(tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True)
+        await self._refresh()
 
     async def _model_with_retries(
-        self, provider: ModelProvider, request: ModelRequest, start_id: str, step: int
+        self, provider: ModelProvider, request: ModelRequest, step: int, start_id: str | None, started: datetime
     ) -> ModelResponse | None:
         settings = self.deps.settings
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._interruptible(provider.step(request))
+                return await self._interruptible(provider.step(request))  # type: ignore[no-any-return]
             except ModelError as exc:
                 retrying = exc.retryable and attempt < settings.model_max_attempts
-                await self._session_error(exc.session_error_type, str(exc), "retrying" if retrying else "exhausted")
                 if not retrying:
-                    async with self.deps.log.transaction() as tx:
-                        await tx.append(
-                            self.session_id,
-                            [_span_end(start_id, None, is_error=True)],
-                            internal=[{"step": step}],
-                        )
-                        await change_status(
-                            tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True
-                        )
-                    await self._refresh()
+                    await self._fail_step(step, start_id, started, exc.session_error_type, str(exc))
                     return None
+                await self._session_error(exc.session_error_type, str(exc), "retrying")
                 delay = min(settings.model_retry_cap_s, settings.model_retry_base_s * 2 ** (attempt - 1))
                 delay = max(exc.retry_after_s or 0.0, random.uniform(delay / 2, delay))  # noqa: S311 - jitter
                 await self._interruptible(anyio.sleep(delay))
@@ -346,6 +390,8 @@ class SessionRunner:
 
             async def _watch() -> None:
                 nonlocal interrupted
+                # Everything up to now is folded; only a newer event should wake the watch.
+                self.deps.log.bus.take_wake(self.session_id)
                 while True:
                     await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
                     await self._refresh()
@@ -361,7 +407,13 @@ class SessionRunner:
         return result[0] if result else None
 
     async def _record_step(
-        self, session: Mapping[str, Any], catalog: Catalog, step: int, start_id: str, response: ModelResponse
+        self,
+        session: Mapping[str, Any],
+        catalog: Catalog,
+        step: int,
+        start_id: str | None,
+        started: datetime,
+        response: ModelResponse,
     ) -> None:
         events: list[dict[str, Any]] = []
         internals: list[dict[str, Any]] = []
@@ -375,7 +427,7 @@ class SessionRunner:
                 text.clear()
 
         needs_worker = False
-        identity = await self.gate.identity(session)
+        identity = await self._caller(session)
         for block in response.content:
             if block.get("type") == "text":
                 if block.get("text"):
@@ -426,6 +478,7 @@ class SessionRunner:
             events.append({"type": "agent.message", "content": [{"type": "text", "text": "(no response)"}]})
             internals.append({"step": step})
         async with self.deps.log.transaction() as tx:
+            start = await self._span_start(tx, step, start_id, started)
             emitted = await tx.append(self.session_id, events, internal=internals)
             for index, note in refusals:
                 await tx.append(
@@ -440,7 +493,7 @@ class SessionRunner:
                     ],
                     internal=[{"step": step}],
                 )
-            await tx.append(self.session_id, [_span_end(start_id, response)], internal=[{"step": step}])
+            await tx.append(self.session_id, [_span_end(start, response)], internal=[{"step": step}])
             await self._add_usage(tx, response)
             tool_uses = [e for e in emitted if e["type"] in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")]
             if not tool_uses:
@@ -448,18 +501,23 @@ class SessionRunner:
                 await change_status(tx, self.session_id, "idle", stop_reason=stop, force_event=True)
             if needs_worker:
                 await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
-        await self._audit_calls(session, emitted, internals)
+            await self._audit_calls(tx, session, emitted, internals)
         await self._refresh()
 
     async def _audit_calls(
-        self, session: Mapping[str, Any], emitted: Sequence[dict[str, Any]], internals: Sequence[dict[str, Any]]
+        self,
+        tx: Tx,
+        session: Mapping[str, Any],
+        emitted: Sequence[dict[str, Any]],
+        internals: Sequence[dict[str, Any]],
     ) -> None:
         if self.deps.audit is None:
             return
         for ev, internal in zip(emitted, internals, strict=True):
             if ev["type"] not in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use"):
                 continue
-            await self.deps.audit.safe_record(
+            await self.deps.audit.append(
+                tx.conn,
                 "tool.call",
                 outcome="refused" if internal.get("refused") else str(ev.get("evaluated_permission", "allow")),
                 session_id=self.session_id,
@@ -510,16 +568,17 @@ class SessionRunner:
                 content, is_error = result.content, result.is_error
         async with self.deps.log.transaction() as tx:
             await self._record_result(tx, call, content, is_error=is_error)
-        if self.deps.audit is not None:
-            await self.deps.audit.safe_record(
-                "tool.result",
-                outcome="error" if is_error else "ok",
-                session_id=self.session_id,
-                user_id=session.get("owner_user_id"),
-                tool=call.model_name,
-                tool_use_id=call.event_id,
-                bytes_out=sum(len(str(b.get("text", ""))) for b in content),
-            )
+            if self.deps.audit is not None:
+                await self.deps.audit.append(
+                    tx.conn,
+                    "tool.result",
+                    outcome="error" if is_error else "ok",
+                    session_id=self.session_id,
+                    user_id=session.get("owner_user_id"),
+                    tool=call.model_name,
+                    tool_use_id=call.event_id,
+                    bytes_out=sum(len(str(b.get("text", ""))) for b in content),
+                )
         await self._refresh()
 
     async def _identity_meta(self, session: Mapping[str, Any], call: ToolCall, url: str) -> dict[str, Any] | None:
@@ -528,7 +587,7 @@ class SessionRunner:
         if self.deps.issuer is None or not tunnel:
             return None
         token = self.deps.issuer.mint(
-            await self.gate.identity(session),
+            await self._caller(session),
             audience=f"inwall-gateway:{tunnel}",
             tool=str(call.mcp_tool),
             input_sha256=input_digest(call.input),

@@ -166,6 +166,7 @@ class TurnState:
     assistant: dict[int, list[ContentBlock]] = field(default_factory=dict)
     calls: dict[str, ToolCall] = field(default_factory=dict)
     call_order: list[str] = field(default_factory=list)
+    calls_by_step: dict[int, list[str]] = field(default_factory=dict)
     inputs: list[_Input] = field(default_factory=list)
     interrupts: list[tuple[int, str]] = field(default_factory=list)  # unprocessed (seq, id)
     ended_steps: set[int] = field(default_factory=set)  # steps whose turn end was recorded
@@ -215,6 +216,7 @@ class TurnState:
             if call.offload_of in self.calls:
                 self.calls[call.offload_of].offloaded = True
             self.call_order.append(call.event_id)
+            self.calls_by_step.setdefault(step, []).append(call.event_id)
             if not hidden:
                 self.assistant.setdefault(step, []).append(
                     {"type": "tool_use", "id": call.event_id, "name": call.model_name, "input": call.input}
@@ -275,7 +277,7 @@ class TurnState:
     # -- views -------------------------------------------------------------------
 
     def step_calls(self, step: int) -> list[ToolCall]:
-        return [self.calls[i] for i in self.call_order if self.calls[i].step == step]
+        return [self.calls[i] for i in self.calls_by_step.get(step, ())]
 
     def pending_inputs(self) -> list[_Input]:
         return [i for i in self.inputs if i.consumed_step is None]

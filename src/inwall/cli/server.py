@@ -62,10 +62,19 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger("inwall.server").info("inwall server ready on %s", bound.base_url)
 
     try:
-        anyio.run(main)
+        anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     except InwallError as exc:
         print(f"inwall server: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _has_uvloop() -> bool:
+    """uvloop roughly halves the event loop's share of a tool call's round trip; optional."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

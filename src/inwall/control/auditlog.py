@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inwall.audit.chain import GENESIS, seal
 from inwall.audit.log import scrub
@@ -45,6 +46,22 @@ class ControlAudit:
         user_id: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
+        async with self._db.write() as conn:
+            return await self.append(
+                conn, kind, outcome=outcome, session_id=session_id, user_id=user_id, **fields
+            )
+
+    async def append(
+        self,
+        conn: AsyncConnection,
+        kind: str,
+        *,
+        outcome: str,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Seal one record inside the caller's transaction: it commits, or vanishes, with what it describes."""
         at = now()
         body = {
             "ts": ts(at),
@@ -54,26 +71,25 @@ class ControlAudit:
             "user_id": user_id,
             **scrub(fields),
         }
-        async with self._db.write() as conn:
-            q = sa.select(s.audit_records.c.seq, s.audit_records.c.hash).order_by(s.audit_records.c.seq.desc()).limit(1)
-            if not self._db.is_sqlite:
-                q = q.with_for_update()
-            last = (await conn.execute(q)).first()
-            seq, prev = (0, GENESIS) if last is None else (last.seq + 1, last.hash)
-            sealed = seal(body, seq=seq, prev=prev, key=self._key)
-            await conn.execute(
-                s.audit_records.insert().values(
-                    seq=seq,
-                    ts=at,
-                    kind=kind,
-                    session_id=session_id,
-                    user_id=user_id,
-                    outcome=outcome,
-                    record=sealed,
-                    hash=sealed["hash"],
-                    exported=False,
-                )
+        q = sa.select(s.audit_records.c.seq, s.audit_records.c.hash).order_by(s.audit_records.c.seq.desc()).limit(1)
+        if not self._db.is_sqlite:
+            q = q.with_for_update()
+        last = (await conn.execute(q)).first()
+        seq, prev = (0, GENESIS) if last is None else (last.seq + 1, last.hash)
+        sealed = seal(body, seq=seq, prev=prev, key=self._key)
+        await conn.execute(
+            s.audit_records.insert().values(
+                seq=seq,
+                ts=at,
+                kind=kind,
+                session_id=session_id,
+                user_id=user_id,
+                outcome=outcome,
+                record=sealed,
+                hash=sealed["hash"],
+                exported=False,
             )
+        )
         return sealed
 
     async def safe_record(self, kind: str, **kw: Any) -> None:

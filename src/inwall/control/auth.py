@@ -208,6 +208,7 @@ class KeyStore:
             row = (await conn.execute(q)).first()
         if row is None or row.state == "stopped" or row.session_id != claims["sid"]:
             raise AuthError("session token is no longer valid: its work item has stopped")
+        # Not cached: the token must die the moment its work item stops.
         return Principal(
             kind="session",
             environment_id=claims["env"],

@@ -64,7 +64,7 @@ class Subscription:
         self.events = receive
 
     def close(self) -> None:
-        self._bus._drop(self._session_id, self._send)  # noqa: SLF001 - the bus's own helper
+        self._bus._drop(self._session_id, self._send)
         self._send.close()
         self.events.close()
 

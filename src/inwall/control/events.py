@@ -86,9 +86,10 @@ class Tx:
         *,
         internal: Sequence[dict[str, Any]] | None = None,
         queued: bool = False,
+        at: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Assign ids, stamp ``processed_at`` (unless ``queued``), insert, and stage for publishing."""
-        at = now()
+        """Assign ids, stamp ``processed_at`` (unless ``queued``; ``at`` backdates it), insert, stage for publishing."""
+        at = at or now()
         out = []
         for i, ev in enumerate(events):
             event_id = new_id("sevt")

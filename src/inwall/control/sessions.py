@@ -326,21 +326,21 @@ class SessionService:
                 )
                 if kind == "user.message":
                     await self._work.ensure_work(tx, session_id, row["environment_id"])
-        if self._audit is not None:
-            for ev in echoed:
-                if ev["type"] in ("user.tool_result", "user.custom_tool_result", "user.tool_confirmation"):
-                    await self._audit.safe_record(
-                        "tool.result" if ev["type"] != "user.tool_confirmation" else "tool.confirmation",
-                        outcome=("error" if ev.get("is_error") else "ok")
-                        if ev["type"] != "user.tool_confirmation"
-                        else str(ev.get("result")),
-                        session_id=session_id,
-                        user_id=row["owner_user_id"],
-                        tool_use_id=ev.get("tool_use_id") or ev.get("custom_tool_use_id"),
-                        by=who.kind,
-                        work_id=who.work_id,
-                        bytes_out=sum(len(str(b.get("text", ""))) for b in ev.get("content") or []),
-                    )
+            if self._audit is not None:
+                for ev in echoed:
+                    if ev["type"] in ("user.tool_result", "user.custom_tool_result", "user.tool_confirmation"):
+                        confirmation = ev["type"] == "user.tool_confirmation"
+                        await self._audit.append(
+                            tx.conn,
+                            "tool.confirmation" if confirmation else "tool.result",
+                            outcome=str(ev.get("result")) if confirmation else ("error" if ev.get("is_error") else "ok"),
+                            session_id=session_id,
+                            user_id=row["owner_user_id"],
+                            tool_use_id=ev.get("tool_use_id") or ev.get("custom_tool_use_id"),
+                            by=who.kind,
+                            work_id=who.work_id,
+                            bytes_out=sum(len(str(b.get("text", ""))) for b in ev.get("content") or []),
+                        )
         return {"data": echoed}
 
     async def pending_tool_use(self, session_id: str, who: Principal) -> dict[str, Any]:

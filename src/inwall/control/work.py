@@ -247,9 +247,21 @@ class WorkQueue:
     async def stop(self, environment_id: str, work_id: str, *, force: bool) -> dict[str, Any]:
         async with self._log.transaction() as tx:
             row = await self._get(tx.conn, environment_id, work_id)
-            await self._apply(tx.conn, row, Trigger.FORCE_STOP if force else Trigger.STOP)
+            new = await self._apply(tx.conn, row, Trigger.FORCE_STOP if force else Trigger.STOP)
+            if new is State.STOPPED:
+                await self._requeue_if_needed(tx, row)
             tx.wake(row["session_id"])
             return render(await self._get(tx.conn, environment_id, work_id))
+
+    async def _requeue_if_needed(self, tx: Tx, row: Any) -> None:
+        """A worker let go of a session that is mid-turn (drained, or stopped early): queue it again."""
+        srow = (
+            await tx.conn.execute(
+                sa.select(s.sessions.c.status, s.sessions.c.deleted_at).where(s.sessions.c.id == row["session_id"])
+            )
+        ).first()
+        if srow is not None and srow.deleted_at is None and srow.status in ("running", "rescheduling"):
+            await self.ensure_work(tx, row["session_id"], row["environment_id"])
 
     async def _apply(self, conn: AsyncConnection, row: Any, trigger: Trigger) -> State:
         new = transition(row["state"], trigger)

@@ -20,6 +20,7 @@ import anyio
 import httpx2
 
 from inwall.agent.engine import Engine
+from inwall.agent.gate import PolicyGate
 from inwall.agent.models.registry import ProviderRegistry, ProviderSettings
 from inwall.agent.runner import RunnerDeps
 from inwall.control.agents import AgentService
@@ -32,13 +33,12 @@ from inwall.control.sessions import SessionService
 from inwall.control.tunnels import TunnelService
 from inwall.control.users import UserService
 from inwall.control.work import WorkQueue
-from inwall.agent.gate import PolicyGate
 from inwall.errors import ConfigError
 from inwall.governance import IdentityIssuer, IdentityKeys, OidcValidator, PolicyEngine, PolicyFile
+from inwall.ids import now, rfc3339
 from inwall.mcp.credentials import McpCredentials
 from inwall.mcp.pool import McpPool
 from inwall.server.settings import ServerSettings
-from inwall.ids import now, rfc3339
 from inwall.store.db import Database, sqlite_url
 from inwall.tunnel.edge import TunnelEdge
 

@@ -57,7 +57,9 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says it is TCP; without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -79,7 +81,7 @@ async def serve(
                 build_app(plane),
                 log_level=settings.log_level,
                 lifespan="off",
-                ws="wsproto",
+                ws="websockets-sansio",
                 ws_max_size=16 * 1024 * 1024,
                 timeout_graceful_shutdown=10,
                 access_log=False,

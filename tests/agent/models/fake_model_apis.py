@@ -170,7 +170,7 @@ async def serve_fake(flavour: str) -> AsyncIterator[FakeAPI]:
     api = FakeAPI(flavour=flavour)
     # Bound and listening before uvicorn starts: clients can connect at once (the
     # kernel queues them), so nothing has to wait for a "ready" signal.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY on accept
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]

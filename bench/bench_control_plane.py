@@ -1,0 +1,169 @@
+"""Control-plane overhead and concurrency, measured against baselines taken in the same run.
+
+1. Round trip of a no-op built-in tool call: the scripted model asks for
+   ``bash true`` N times in a row; the client watches the event stream and
+   times each agent.tool_use → next agent.tool_use interval (server emits the
+   call, the worker runs it and posts the result, the server folds it and asks
+   the model, the next call reaches the client). The baseline is the same
+   no-op run by the same tool object locally. Overhead = round trip − local.
+   Target: ≤ 5 ms median on loopback.
+2. 50 concurrent sessions of 10 tool calls each: errors (target 0),
+   throughput (tool calls per second) and p99 per-call latency.
+
+The server and the worker are separate processes (``inwall server`` and the
+worker named by --worker), as in production; the bench process is the client.
+
+    python bench/bench_control_plane.py [--calls 200] [--sessions 50] [--per-session 10] [--worker stock|inwall]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anthropic import AsyncAnthropic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import ServerProcess  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_worker(kind: str, base_url: str, env_id: str, key: str, workdir: Path, max_sessions: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env.update(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_ENVIRONMENT_ID=env_id, ANTHROPIC_ENVIRONMENT_KEY=key,
+               INWALL_WORKER_MAX_IDLE="2")
+    if kind == "stock":
+        argv = [sys.executable, "-m", "inwall.demo.stock_worker", str(workdir)]
+    else:
+        argv = [sys.executable, "-m", "inwall.cli.main", "worker", "--workdir", str(workdir),
+                "--max-sessions", str(max_sessions), "--max-idle", "2"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # noqa: S603
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def local_baseline(n: int, workdir: Path) -> list[float]:
+    from anthropic.lib.tools.agent_toolset import AgentToolContext, beta_agent_toolset_20260401
+
+    async with AgentToolContext(workdir=workdir) as ctx:
+        bash = next(t for t in beta_agent_toolset_20260401(ctx) if t.name == "bash")
+        await bash.call({"command": "true"})  # warm: the shell starts on first use
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await bash.call({"command": "true"})
+            out.append((time.perf_counter() - t) * 1000)
+        from anthropic.lib.tools._beta_functions import aclose_runnable_tool
+
+        await aclose_runnable_tool(bash)
+        return out
+
+
+async def one_session(client: AsyncAnthropic, agent_id: str, env_id: str, calls: int) -> list[float]:
+    """Run one session of ``calls`` no-op calls; return the client-observed interval per call (ms)."""
+    session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+    script = "\n".join(["call bash " + json.dumps({"command": "true"})] * calls)
+    stamps: list[float] = []
+    async with await client.beta.sessions.events.stream(session.id) as stream:
+        await client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}]
+        )
+        async for ev in stream:
+            if ev.type in ("agent.tool_use", "agent.message"):
+                stamps.append(time.perf_counter())
+            if ev.type == "session.status_idle" and ev.stop_reason.type == "end_turn":
+                break
+            if ev.type == "session.error":
+                raise RuntimeError(f"session error: {ev.error.type}: {ev.error.message}")
+    if len(stamps) != calls + 1:
+        raise RuntimeError(f"expected {calls} tool calls and an answer, saw {len(stamps)} events")
+    return [(b - a) * 1000 for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+async def main(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="inwall-bench-"))
+    print(f"data: {root}", file=sys.stderr)
+    server = ServerProcess(root / "data", args=("--log-level", "error"))
+    await server.start()
+    workdir = root / "work"
+    workdir.mkdir()
+    worker = None
+    try:
+        async with AsyncAnthropic(base_url=server.base_url, api_key=server.admin_key, max_retries=0,
+                                  timeout=120) as client:
+            env = await client.beta.environments.create(name="bench", config={"type": "self_hosted"})
+            agent = await client.beta.agents.create(name="bench", model="inwall-scripted",
+                                                    tools=[{"type": "agent_toolset_20260401"}])
+            key: Any = await client.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
+            worker = start_worker(args.worker, server.base_url, env.id, key["key"], workdir, args.sessions + 4)
+
+            await one_session(client, agent.id, env.id, 5)  # warm-up: worker attached, shell started
+            (root / "local").mkdir()
+            local = await local_baseline(args.calls, root / "local")
+            trips = await one_session(client, agent.id, env.id, args.calls)
+            local_med, trip_med = statistics.median(local), statistics.median(trips)
+            print(f"== no-op built-in tool call, {args.calls} sequential calls, worker={args.worker}")
+            print(f"local (same tool, in-process)    median {local_med:7.2f} ms   p90 {pct(local, .9):7.2f} ms")
+            print(f"round trip via control plane     median {trip_med:7.2f} ms   p90 {pct(trips, .9):7.2f} ms")
+            print(f"control plane adds               median {trip_med - local_med:7.2f} ms   (target <= 5 ms)")
+            print(f"ratio round trip / local         {trip_med / local_med:7.1f}x")
+
+            if args.sessions:
+                errors = 0
+                latencies: list[float] = []
+
+                async def run(i: int) -> None:
+                    nonlocal errors
+                    try:
+                        latencies.extend(await one_session(client, agent.id, env.id, args.per_session))
+                    except Exception as exc:  # counted, reported
+                        errors += 1
+                        print(f"  session {i} failed: {exc!r}")
+
+                t = time.perf_counter()
+                with anyio.fail_after(600):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(args.sessions):
+                            tg.start_soon(run, i)
+                elapsed = time.perf_counter() - t
+                total = args.sessions * args.per_session
+                print(f"== {args.sessions} concurrent sessions x {args.per_session} tool calls, worker={args.worker}")
+                print(f"errors {errors}   wall {elapsed:.2f} s   throughput {total / elapsed:.1f} tool calls/s")
+                if latencies:
+                    print(f"per-call latency median {statistics.median(latencies):.2f} ms   "
+                          f"p99 {pct(latencies, .99):.2f} ms")
+    finally:
+        if worker is not None:
+            stop(worker)
+        server.terminate()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--per-session", type=int, default=10)
+    parser.add_argument("--worker", choices=["stock", "inwall"], default="inwall")
+    anyio.run(main, parser.parse_args())
