@@ -1,0 +1,1 @@
+"""Small real MCP servers the gateway tests talk to."""
