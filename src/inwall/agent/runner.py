@@ -381,11 +381,15 @@ class SessionRunner:
     async def _interruptible(self, work: Awaitable[Any]) -> Any:
         """Run ``work``; abandon it if a ``user.interrupt`` arrives meanwhile."""
         result: list[Any] = []
+        failure: list[Exception] = []
         interrupted = False
         async with anyio.create_task_group() as tg:
 
             async def _work() -> None:
-                result.append(await work)
+                try:
+                    result.append(await work)
+                except Exception as exc:  # re-raised below, outside the task group, unwrapped
+                    failure.append(exc)
                 tg.cancel_scope.cancel()
 
             async def _watch() -> None:
@@ -402,6 +406,8 @@ class SessionRunner:
 
             tg.start_soon(_work)
             tg.start_soon(_watch)
+        if failure:
+            raise failure[0]
         if interrupted and not result:
             raise _Interrupted
         return result[0] if result else None

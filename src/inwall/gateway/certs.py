@@ -76,7 +76,7 @@ def create_certificates(
         ca_key = loaded
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"inwall gateway CA for {domain}")])
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"inwall gateway CA for {domain}"[:64])])
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(ca_name)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _SESSION_GONE = ("Session not found", "Session terminated")
 _AUTH_STATUSES = (401, 403)
+_CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
 
 
 @dataclass
@@ -120,7 +121,7 @@ class McpPool:
             except MCPError as exc:
                 if exc.code == types.REQUEST_TIMEOUT:
                     return McpCallResult([{"type": "text", "text": f"MCP tool {tool!r} timed out after {timeout_s:g}s"}], True)
-                if any(m in exc.message for m in _SESSION_GONE):
+                if _connection_level(exc):
                     raise
                 return McpCallResult([{"type": "text", "text": f"MCP error {exc.code}: {exc.message}"}], True)
             return McpCallResult(_content(result.content), bool(result.is_error))
@@ -152,8 +153,10 @@ class McpPool:
             try:
                 return await op(conn.session)
             except MCPError as exc:
-                if attempt == 1 and any(m in exc.message for m in _SESSION_GONE):
-                    log.info("MCP session expired; re-initialising server=%s", server.name)
+                if attempt == 1 and _connection_level(exc):
+                    # The server forgot our session (404) or the connection under it died:
+                    # start over once with a fresh one; a second failure is reported.
+                    log.info("MCP session lost (%s); re-initialising server=%s", exc.message, server.name)
                     self._drop(conn)
                     continue
                 raise self._failure(server, conn, exc) from exc
@@ -246,12 +249,18 @@ class McpPool:
                 del self._connections[conn.key]
 
 
+def _connection_level(exc: Any) -> bool:
+    """A failure of the MCP session or its transport, not of the tool call itself."""
+    return exc.code == _CONNECTION_CLOSED or any(m in exc.message for m in _SESSION_GONE)
+
+
 def _describe(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)
     if inner:
         return "; ".join(_describe(e) for e in inner)
     if isinstance(exc, httpx2.ConnectError):
-        return "connection refused or unreachable"
+        # The tunnel edge explains itself ("tunnel tnl_x has no connected gateway"); keep that.
+        return str(exc) or "connection refused or unreachable"
     return str(exc) or type(exc).__name__
 
 
