@@ -1,0 +1,437 @@
+"""Benchmarks for ``inwall worker``, each against an in-run baseline.
+
+(a) a warm session's ``bash`` call inside the worker (the toolset's call: shim
+    round trip, snapshot scan, audit record; no network) vs the SDK's own
+    unsandboxed ``bash`` tool;
+(b) the full round trip server → worker → sandbox for N sequential no-op bash
+    calls of a scripted session, from one ``agent.tool_use`` to the next
+    (server timestamps), vs the SDK's stock unsandboxed ``EnvironmentWorker``;
+(c) snapshot cost per tool call in a 100 MB workspace where one file changed;
+(d) time from a worker's SIGKILL to the session running again (lease TTL 2 s).
+
+Run: ``python bench/bench_worker.py [--calls N] [--json]`` as root or a user that can sandbox.
+The server and the workers run as separate processes, as deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anthropic import AsyncAnthropic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median_ms": round(statistics.median(values) * 1000, 3),
+        "p90_ms": round(pct(values, 0.9) * 1000, 3),
+        "min_ms": round(min(values) * 1000, 3),
+    }
+
+
+def workspace_root() -> Path:
+    base = "/var/tmp" if os.geteuid() != 0 else "/srv"
+    root = Path(tempfile.mkdtemp(prefix="inwall-bench-", dir=base))
+    root.chmod(0o711)
+    return root
+
+
+# --------------------------------------------------------------------------- (a)
+
+
+async def bench_warm_bash(calls: int) -> dict[str, Any]:
+    from anthropic.lib.tools._beta_functions import aclose_runnable_tool
+    from anthropic.lib.tools.agent_toolset import AgentToolContext, beta_bash_tool
+
+    from inwall.audit import AuditLog
+    from inwall.sandbox import SandboxSettings
+    from inwall.worker.recorder import AuditRecorder
+    from inwall.worker.runtime import RuntimeOptions, SessionRuntime
+    from inwall.worker.snapshots import DirectoryStore
+
+    async def timed(call: Callable[[], Any]) -> list[float]:
+        for _ in range(20):
+            await call()
+        out = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await call()
+            out.append(time.perf_counter() - t)
+        return out
+
+    root = workspace_root()
+    try:
+        sdk_dir = root / "sdk"
+        sdk_dir.mkdir()
+        sdk_tool = beta_bash_tool(AgentToolContext(workdir=sdk_dir))
+        sdk = await timed(lambda: sdk_tool.call({"command": "true"}))
+        await aclose_runnable_tool(sdk_tool)
+
+        audit = AuditLog(root / "audit.jsonl")
+        recorder = AuditRecorder(audit)
+        options = RuntimeOptions(
+            settings=SandboxSettings.default(),
+            sessions_dir=root / "sessions",
+            state_dir=root / "state",
+            store=DirectoryStore(root / "snapshots"),
+            recorder=recorder,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(recorder.run)
+            async with SessionRuntime(options, "sesn_bench") as rt:
+                bash = next(t for t in rt.tools() if t.name == "bash")
+                first = time.perf_counter()
+                await bash.call({"command": "true"})
+                cold = time.perf_counter() - first
+                ours = await timed(lambda: bash.call({"command": "true"}))
+                for i in range(50):  # a workspace that is not empty: 50 files to stat per scan
+                    await rt.call("write", {"file_path": f"src/f{i}.txt", "content": "x" * 1000})
+                ours_50_racy = await timed(lambda: bash.call({"command": "true"}))
+                await anyio.sleep(1.1)  # past the snapshotter's "racily clean" window: steady state
+                ours_50 = await timed(lambda: bash.call({"command": "true"}))
+            recorder.close()
+        audit.close()
+        return {
+            "sdk_unsandboxed": summary(sdk),
+            "inwall_sandboxed": summary(ours),
+            "inwall_sandboxed_50_files": summary(ours_50),
+            "inwall_50_files_just_written": summary(ours_50_racy),
+            "inwall_first_call_ms": round(cold * 1000, 1),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- servers and workers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        with log.open("ab") as f:
+            self.p = subprocess.Popen(argv, env=env, stdout=f, stderr=f)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_for(self, text: str, within: float = 60) -> None:
+        def seen() -> bool:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"exited: {self.log()[-2000:]}")
+            return text in self.log()
+
+        await poll(seen, within, 0.02)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        await poll(lambda: self.p.poll() is not None, 60, 0.02)
+
+
+@asynccontextmanager
+async def server(root: Path, *args: str) -> AsyncIterator[tuple[str, str]]:
+    import httpx2
+
+    data = root / f"data-{secrets.token_hex(3)}"
+    port = free_port()
+    argv = [sys.executable, "-m", "inwall.cli.main", "server", "--data-dir", str(data), "--port", str(port)]
+    proc = Proc([*argv, "--log-level", "warning", *args], dict(os.environ), root / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient() as http:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        if (await http.get(f"{url}/healthz")).status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                    await anyio.sleep(0.05)
+        yield url, (data / "admin_key").read_text().strip()
+    finally:
+        await proc.stop()
+
+
+async def setup(client: AsyncAnthropic) -> tuple[str, str, str]:
+    env = await client.beta.environments.create(name="bench", config={"type": "self_hosted"})
+    agent = await client.beta.agents.create(
+        name="bench", model="inwall-scripted", tools=[{"type": "agent_toolset_20260401"}]
+    )
+    minted: Any = await client.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
+    return env.id, agent.id, str(minted["key"])
+
+
+def worker_env(url: str, env_id: str, key: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_ENVIRONMENT_ID": env_id,
+        "ANTHROPIC_ENVIRONMENT_KEY": key,
+        "INWALL_WORKER_MAX_IDLE": "60",
+    }
+
+
+def inwall_worker(root: Path, name: str, url: str, env_id: str, key: str, *extra: str) -> Proc:
+    argv = [sys.executable, "-m", "inwall.cli.main", "worker", "--workdir", str(root / name), *extra]
+    return Proc(argv, worker_env(url, env_id, key), root / f"{name}.log")
+
+
+def stock_worker(root: Path, url: str, env_id: str, key: str) -> Proc:
+    wd = root / "stock"
+    wd.mkdir()
+    argv = [sys.executable, "-m", "inwall.demo.stock_worker", str(wd)]
+    return Proc(argv, worker_env(url, env_id, key), root / "stock.log")
+
+
+async def poll(check: Callable[[], bool], within: float, interval: float = 0.01) -> None:
+    """Wait for something another process does (a file it writes, its exit); bounded."""
+    with anyio.fail_after(within):
+        while True:
+            if check():
+                return
+            await anyio.sleep(interval)
+
+
+async def events(client: AsyncAnthropic, sid: str) -> list[Any]:
+    return [e async for e in client.beta.sessions.events.list(sid, limit=1000)]
+
+
+async def until(
+    client: AsyncAnthropic, sid: str, done: Callable[[list[Any]], bool], within: float
+) -> list[Any]:
+    with anyio.fail_after(within):
+        while True:
+            evs = await events(client, sid)
+            if done(evs):
+                return evs
+            await anyio.sleep(0.1)
+
+
+def end_turn(evs: list[Any]) -> bool:
+    return any(e.type == "session.status_idle" and e.stop_reason.type == "end_turn" for e in evs)
+
+
+# --------------------------------------------------------------------------- (b)
+
+
+async def round_trip(root: Path, calls: int, which: str) -> dict[str, Any]:
+    async with server(root) as (url, admin), AsyncAnthropic(base_url=url, api_key=admin) as client:
+        env_id, agent_id, key = await setup(client)
+        worker = (
+            inwall_worker(root, f"rt-{which}", url, env_id, key, "--max-idle", "60")
+            if which == "inwall"
+            else stock_worker(root, url, env_id, key)
+        )
+        try:
+            if which == "inwall":
+                await worker.wait_for("inwall worker ready")
+            # warm up: one session call so the sandbox (or shell) exists before timing
+            text = "\n".join(['call bash {"command": "true"}'] * (calls + 5))
+            session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+            t0 = time.monotonic()
+            await client.beta.sessions.events.send(
+                session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": text}]}]
+            )
+            evs = await until(client, session.id, end_turn, within=600)
+            wall = time.monotonic() - t0
+        finally:
+            await worker.stop()
+    uses = [e.processed_at.timestamp() for e in evs if e.type == "agent.tool_use"]
+    gaps = [b - a for a, b in itertools.pairwise(uses[5:])]  # skip the first calls (sandbox start)
+    errors = sum(1 for e in evs if e.type == "user.tool_result" and e.is_error)
+    return {**summary(gaps), "wall_s": round(wall, 2), "tool_results_with_error": errors}
+
+
+# --------------------------------------------------------------------------- (c)
+
+
+def bench_snapshots() -> dict[str, Any]:
+    from inwall.worker.snapshots import DirectoryStore, WorkspaceSnapshots
+
+    root = workspace_root()
+    try:
+        ws = root / "ws"
+        for d in range(10):
+            (ws / f"dir{d}").mkdir(parents=True)
+            for i in range(10):
+                (ws / f"dir{d}" / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+        for i in range(900):  # plus many small files: the scan stats every entry
+            (ws / f"dir{i % 10}" / f"small{i}.txt").write_text(f"small file {i}\n")
+        store = DirectoryStore(root / "store")
+        snaps = WorkspaceSnapshots(store, "sesn_bench", ws)
+        t = time.perf_counter()
+        first = snaps.take()
+        first_s = time.perf_counter() - t
+        time.sleep(1.1)  # past the racy window, as in a session where calls are not back to back
+        snaps.take()
+        unchanged = []
+        for _ in range(20):
+            t = time.perf_counter()
+            snaps.take()
+            unchanged.append(time.perf_counter() - t)
+        one = []
+        for i in range(20):
+            (ws / "dir3" / "small7.txt").write_text(f"edited {i}: " + "y" * 4000)
+            t = time.perf_counter()
+            report = snaps.take()
+            one.append(time.perf_counter() - t)
+            assert report.changed and report.new_blobs == 1, report
+        restore_ws = root / "restored"
+        restore_ws.mkdir()
+        t = time.perf_counter()
+        prep = WorkspaceSnapshots(store, "sesn_bench", restore_ws).prepare(existed=False)
+        restore_s = time.perf_counter() - t
+        return {
+            "workspace": f"{first.files} files, {first.total_bytes / 1e6:.1f} MB",
+            "first_snapshot_s": round(first_s, 3),
+            "unchanged_scan": summary(unchanged),
+            "one_file_changed": summary(one),
+            "restore_s": round(restore_s, 3),
+            "restored_files": prep.files,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- (d)
+
+
+async def recovery(root: Path, ttl: int) -> dict[str, float]:
+    async with (
+        server(root, "--lease-ttl", str(ttl)) as (url, admin),
+        AsyncAnthropic(base_url=url, api_key=admin) as client,
+    ):
+        env_id, agent_id, key = await setup(client)
+        session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+        store = str(root / f"snaps-{secrets.token_hex(3)}")
+        a_name, b_name = f"a-{secrets.token_hex(3)}", f"b-{secrets.token_hex(3)}"
+        a = inwall_worker(root, a_name, url, env_id, key, "--snapshot-dir", store)
+        text = (
+            'call write {"file_path": "f.txt", "content": "x"}\n'
+            'call bash {"command": "touch running; sleep 30"}'
+        )
+        await client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": text}]}]
+        )
+        marker_a = root / a_name / "sessions" / session.id / "running"
+        await poll(marker_a.exists, 60)
+        b = inwall_worker(root, b_name, url, env_id, key, "--snapshot-dir", store)
+        await b.wait_for("inwall worker ready")
+        marker_b = root / b_name / "sessions" / session.id / "running"
+        killed = time.time()
+        a.p.send_signal(signal.SIGKILL)
+        a.p.wait()
+        await poll(marker_b.exists, 120)
+        rerun = time.time()
+        evs = await events(client, session.id)
+        await client.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
+        await b.stop()
+    resched = next(e.processed_at.timestamp() for e in evs if e.type == "session.status_rescheduled")
+    running = [e.processed_at.timestamp() for e in evs if e.type == "session.status_running"]
+    back = next(t for t in running if t > resched)
+    return {
+        "kill_to_rescheduled_s": round(resched - killed, 3),
+        "kill_to_running_s": round(back - killed, 3),
+        "kill_to_call_rerun_s": round(rerun - killed, 3),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    print("(a) warm bash call ...", file=sys.stderr)
+    out["a_warm_bash"] = await bench_warm_bash(args.warm_calls)
+    print("(c) snapshots ...", file=sys.stderr)
+    out["c_snapshots_100MB"] = await anyio.to_thread.run_sync(bench_snapshots)
+    root = workspace_root()
+    try:
+        print("(b) round trip ...", file=sys.stderr)
+        out["b_round_trip"] = {
+            "inwall_worker": await round_trip(root, args.calls, "inwall"),
+            "sdk_stock_worker": await round_trip(root, args.calls, "stock"),
+        }
+        print("(d) recovery after SIGKILL ...", file=sys.stderr)
+        runs = [await recovery(root, args.ttl) for _ in range(args.recoveries)]
+        out["d_recovery"] = {"lease_ttl_s": args.ttl, "runs": runs}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--warm-calls", type=int, default=300)
+    parser.add_argument("--calls", type=int, default=100, help="sequential calls per round-trip session")
+    parser.add_argument("--ttl", type=int, default=2, help="lease TTL for the recovery bench")
+    parser.add_argument("--recoveries", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    out = anyio.run(main_async, args)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    a, b, c, d = out["a_warm_bash"], out["b_round_trip"], out["c_snapshots_100MB"], out["d_recovery"]
+    print("(a) warm bash call, no network")
+    for k in (
+        "inwall_sandboxed",
+        "inwall_sandboxed_50_files",
+        "inwall_50_files_just_written",
+        "sdk_unsandboxed",
+    ):
+        print(
+            f"    {k:28s} median {a[k]['median_ms']:7.3f} ms   p90 {a[k]['p90_ms']:7.3f} ms   (n={a[k]['n']})"
+        )
+    print(f"    inwall first call (sandbox start + shim) {a['inwall_first_call_ms']} ms")
+    print("(b) round trip server -> worker -> sandbox, no-op bash, agent.tool_use to agent.tool_use")
+    for k in ("inwall_worker", "sdk_stock_worker"):
+        r = b[k]
+        print(
+            f"    {k:28s} median {r['median_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
+            f"(n={r['n']}, wall {r['wall_s']} s, errors {r['tool_results_with_error']})"
+        )
+    print(f"(c) snapshots, {c['workspace']}")
+    print(
+        f"    first full snapshot {c['first_snapshot_s']} s; "
+        f"restore {c['restore_s']} s ({c['restored_files']} files)"
+    )
+    for k in ("unchanged_scan", "one_file_changed"):
+        print(f"    {k:28s} median {c[k]['median_ms']:7.2f} ms   p90 {c[k]['p90_ms']:7.2f} ms")
+    print(f"(d) SIGKILL to running again, lease TTL {d['lease_ttl_s']} s")
+    for r in d["runs"]:
+        print(
+            f"    rescheduled {r['kill_to_rescheduled_s']:.2f} s, running {r['kill_to_running_s']:.2f} s, "
+            f"interrupted call rerun {r['kill_to_call_rerun_s']:.2f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
