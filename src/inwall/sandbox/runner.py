@@ -442,7 +442,10 @@ class Sandbox:
     def _record(self, v: Violation) -> None:
         self._events.append(v)
         if self.audit is not None:
-            self.audit.append("sandbox_violation", workdir=self._wd, **v.to_dict())
+            record = v.to_dict()
+            # ``kind`` is the audit record's own field; the violation's kind travels as ``violation``.
+            record["violation"] = record.pop("kind", type(v).__name__)
+            self.audit.append("sandbox_violation", workdir=self._wd, **record)
         if self.on_event is not None:
             self.on_event(v)
 
@@ -1044,8 +1047,16 @@ class SandboxProcess:
     async def wait(self) -> int:
         await self._proc.wait()
         code = self._finish_code()
+        await self._close_pipes()
         self._done()
         return code
+
+    async def _close_pipes(self) -> None:
+        """Close the pipes through anyio's Process, so no transport is left for the GC to warn about."""
+        import anyio
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._proc.aclose()
 
     async def terminate(self, grace: float = 2.0) -> int:
         """SIGTERM the command, then SIGKILL the whole sandbox after ``grace`` seconds."""
@@ -1060,9 +1071,12 @@ class SandboxProcess:
                 _killpg(self._proc.pid, _signal.SIGKILL)
                 with anyio.move_on_after(5):
                     await self._proc.wait()
-            for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    await stream.aclose()
             code = self._finish_code() if self._proc.returncode is not None else 128 + _signal.SIGKILL
+            if self._proc.returncode is not None:
+                await self._close_pipes()
+            else:
+                for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                    if stream is not None:
+                        await stream.aclose()
             self._done()
         return code
