@@ -15,7 +15,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    parser.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="use the SDK's stock worker instead of inwall worker (for hosts that cannot sandbox; tools then "
+        "run unrestricted on this machine)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from inwall.demo.run import main
 
-    return main(as_json=args.json, model=args.model)
+    return main(as_json=args.json, model=args.model, unsandboxed=args.unsandboxed)
