@@ -56,6 +56,33 @@ def _start_worker(base_url: str, env_id: str, key: str, workdir: Path) -> subpro
     )
 
 
+class Follower:
+    """A client that follows a session the way the SDK's runner does: stream, reconcile with the list, dedupe."""
+
+    def __init__(self, base_url: str, key: str, session_id: str) -> None:
+        self.base_url, self.key, self.session_id = base_url, key, session_id
+        self.seen: dict[str, str] = {}  # id -> type, in the order first seen
+        self.reconnects = 0
+
+    def _take(self, ev: object) -> None:
+        self.seen.setdefault(ev.id, ev.type)  # type: ignore[attr-defined]
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with AsyncAnthropic(base_url=self.base_url, api_key=self.key, max_retries=0) as client:
+                    async with await client.beta.sessions.events.stream(self.session_id) as stream:
+                        async for ev in client.beta.sessions.events.list(self.session_id, limit=1000):
+                            self._take(ev)
+                        async for ev in stream:
+                            self._take(ev)
+                            if ev.type == "session.status_idle" and ev.stop_reason.type == "end_turn":
+                                return
+            except Exception:  # the server is down: reconnect, as the SDK does
+                self.reconnects += 1
+                await anyio.sleep(0.2)
+
+
 async def test_kill_while_a_worker_runs_a_tool(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data")
     await server.start()
@@ -66,19 +93,22 @@ async def test_kill_while_a_worker_runs_a_tool(tmp_path: Path) -> None:
         async with AsyncAnthropic(base_url=server.base_url, api_key=server.admin_key, max_retries=0) as client:
             env_id, _, key, session_id = await _setup(client, "inwall-scripted")
             worker = _start_worker(server.base_url, env_id, key, workdir)
+            follower = Follower(server.base_url, server.admin_key, session_id)
             script = "\n".join(
                 [
                     "call bash " + json.dumps({"command": "sleep 1.5; echo slow > slow.txt; echo slow"}),
                     "call bash " + json.dumps({"command": "cat slow.txt"}),
                 ]
             )
-            await client.beta.sessions.events.send(
-                session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}]
-            )
-            await _until(client, session_id, lambda ev: any(e.type == "agent.tool_use" for e in ev))
-            server.kill()  # mid-turn: the first bash is running on the worker
-            await server.start()
-            events = await _until(client, session_id, _ended, timeout=60)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follower.run)
+                await client.beta.sessions.events.send(
+                    session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}]
+                )
+                await _until(client, session_id, lambda ev: any(e.type == "agent.tool_use" for e in ev))
+                server.kill()  # mid-turn: the first bash is running on the worker
+                await server.start()
+                events = await _until(client, session_id, _ended, timeout=60)
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -87,6 +117,9 @@ async def test_kill_while_a_worker_runs_a_tool(tmp_path: Path) -> None:
 
     ids = [e.id for e in events]
     assert len(ids) == len(set(ids)), "no event may be duplicated"
+    # The following client lived through the crash: after deduping by id it saw every event, once.
+    assert follower.reconnects >= 1
+    assert list(follower.seen) == ids
     assert [e.type for e in events].count("agent.tool_use") == 2, "the turn must not re-issue tool calls"
     answer = [e for e in events if e.type == "agent.message"][-1].content[0].text
     assert answer.splitlines() == ["bash [4 chars]: slow", "bash [4 chars]: slow"]

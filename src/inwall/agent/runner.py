@@ -234,21 +234,26 @@ class SessionRunner:
     async def _catalog(self, session: Mapping[str, Any], *, turn_boundary: bool) -> Catalog:
         agent = session["body"]["agent"]
         servers = {d["name"]: d for d in agent.get("mcp_servers", [])}
+        # Listings are cached per server name *and URL*: a mid-session swap of a server
+        # under the same name is a different server and is listed afresh.
         cache = self.deps.mcp_cache.setdefault(self.session_id, {})
-        for stale in set(cache) - set(servers):
+        for stale in set(cache) - {f"{name}\n{d['url']}" for name, d in servers.items()}:
             del cache[stale]
         unavailable: dict[str, str] = {}
+        listings: dict[str, list[McpToolInfo]] = {}
         for name, definition in servers.items():
+            key = f"{name}\n{definition['url']}"
             changed = turn_boundary and self.deps.mcp.tools_changed(self.session_id, name)
-            if name in cache and not changed:
-                continue
-            try:
-                cache[name] = await self.deps.mcp.list_tools(self.session_id, self.deps.resolve_mcp(definition))
-            except McpFailure as exc:
-                unavailable[name] = str(exc)
-                cache.pop(name, None)
-                await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
-        return self.gate.visible(await self._caller(session), session, build_catalog(agent, cache, unavailable))
+            if key not in cache or changed:
+                try:
+                    cache[key] = await self.deps.mcp.list_tools(self.session_id, self.deps.resolve_mcp(definition))
+                except McpFailure as exc:
+                    unavailable[name] = str(exc)
+                    cache.pop(key, None)
+                    await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
+                    continue
+            listings[name] = cache[key]
+        return self.gate.visible(await self._caller(session), session, build_catalog(agent, listings, unavailable))
 
     async def _offload(self, action: Offload) -> None:
         call = action.call
