@@ -4,21 +4,78 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import httpx2
+import pytest
 import uvicorn
 
-from inwall.gateway.config import GatewayConfig, HttpRoute, StdioRoute
+from inwall.gateway.config import GatewayConfig, HttpRoute, IdentityConfig, StdioRoute
+from inwall.gateway.identity import CallerIdentity
+from inwall.governance import Identity, IdentityIssuer, IdentityKeys, IdentityVerifier, input_digest
 
 E = TypeVar("E", bound=BaseException)
 SERVERS = Path(__file__).parent / "servers"
 STDIO_SERVER = [sys.executable, str(SERVERS / "stdio_server.py")]
 DOMAIN = "tnl-test.inwall.example"
+TUNNEL_ID = "tnl_gw2test"
+AUDIENCE = f"inwall-gateway:{TUNNEL_ID}"
+ALICE = Identity(user_id="user_alice", kind="user", roles=("engineering",), name="alice")
+BOB = Identity(user_id="user_bob", kind="user", roles=("sales",), name="bob")
+
+
+@dataclass
+class Signer:
+    """The control plane's side of identity tokens: its key pair on disk and an issuer."""
+
+    keys: IdentityKeys
+    directory: Path
+
+    @property
+    def public_key_file(self) -> Path:
+        return self.directory / "identity_ed25519.pub.pem"
+
+    def token(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        identity: Identity = ALICE,
+        audience: str = AUDIENCE,
+        tool_use_id: str | None = None,
+        ttl_s: float = 60,
+        clock: Callable[[], float] = time.time,
+        session_id: str = "sesn_test",
+    ) -> str:
+        """What the control plane's runner sends for one MCP call (see agent/runner.py _identity_meta)."""
+        return IdentityIssuer(self.keys.private_key, clock=clock).mint(
+            identity,
+            audience=audience,
+            tool=tool,
+            input_sha256=input_digest(arguments or {}),
+            tool_use_id=tool_use_id or f"mcptoolu_{uuid.uuid4().hex}",
+            session_id=session_id,
+            ttl_s=ttl_s,
+        )
+
+    def identity_config(self, *, required: bool = False) -> IdentityConfig:
+        return IdentityConfig(public_key_file=self.public_key_file, tunnel_id=TUNNEL_ID, required=required)
+
+    def caller_identity(self, *, required: bool = False) -> CallerIdentity:
+        return CallerIdentity(IdentityVerifier(self.keys.public_key, audience=AUDIENCE), required=required)
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    directory = tmp_path / "control-plane"
+    return Signer(IdentityKeys.load_or_create(directory), directory)
 
 
 @asynccontextmanager

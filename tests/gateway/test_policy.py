@@ -14,6 +14,7 @@ from mcp.shared.inbound import decode_header_value, encode_header_value
 import inwall.gateway
 import inwall.gateway.mcp_policy as policy_module
 from inwall.gateway._sse import SseParser, encode_event
+from inwall.gateway.identity import IDENTITY_META_KEY
 from inwall.gateway.mcp_policy import (
     Decision,
     Era,
@@ -22,6 +23,7 @@ from inwall.gateway.mcp_policy import (
     ToolListDecider,
     ToolRule,
 )
+from tests.gateway.conftest import Signer
 
 RULES = {
     "crm": ToolRule(allow=None, deny=frozenset({"secret_dump"})),
@@ -119,13 +121,16 @@ class Recorder:
         return Decision.deny("no", rule="custom") if tool_name == "nope" else Decision.allow()
 
 
-def test_the_decider_seam_sees_route_tool_arguments_and_identity() -> None:
+def test_the_decider_seam_sees_route_tool_arguments_and_identity(signer: Signer) -> None:
     recorder = Recorder()
-    p = PerimeterPolicy(recorder)
-    claims = {"sub": "user_1"}
-    assert p.check("crm", "POST", JSON, body(call("echo", {"a": 1})), identity=claims).forward
-    assert not p.check("crm", "POST", JSON, body(call("nope")), identity=claims).forward
-    assert recorder.calls == [("crm", "echo", {"a": 1}, claims), ("crm", "nope", {}, claims)]
+    p = PerimeterPolicy(recorder, identity=signer.caller_identity())
+    signed = {IDENTITY_META_KEY: signer.token("echo", {"a": 1})}
+    assert p.check("crm", "POST", JSON, body(call("echo", {"a": 1}, _meta=signed))).forward
+    assert not p.check("crm", "POST", JSON, body(call("nope"))).forward
+    (route, tool, arguments, claims), unsigned = recorder.calls
+    assert (route, tool, arguments) == ("crm", "echo", {"a": 1})
+    assert claims is not None and claims["sub"] == "user_alice" and claims["tool"] == "echo"
+    assert unsigned == ("crm", "nope", {}, None)  # no token: the anonymous caller
     assert p.tool_visible("crm", "x", None)
     assert recorder.calls[-1] == ("crm", "x", None, None)  # listing asks with arguments=None
 

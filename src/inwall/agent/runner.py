@@ -557,7 +557,12 @@ class SessionRunner:
             content = [{"type": "text", "text": f"MCP server {call.mcp_server!r} is no longer attached to this session."}]
             is_error = True
         else:
-            meta = await self._identity_meta(session, call, str(definition.get("url", "")))
+            identity = await self._caller(session)
+            url = str(definition.get("url", ""))
+
+            def meta(attempt: int) -> dict[str, Any] | None:
+                return self._identity_meta(identity, call, url, attempt)
+
             try:
                 result = await self._interruptible(
                     self.deps.mcp.call_tool(
@@ -592,17 +597,21 @@ class SessionRunner:
                 )
         await self._refresh()
 
-    async def _identity_meta(self, session: Mapping[str, Any], call: ToolCall, url: str) -> dict[str, Any] | None:
-        """A signed statement of who is calling, for a gateway inside the perimeter (tunnel hosts only)."""
+    def _identity_meta(self, identity: Identity, call: ToolCall, url: str, attempt: int) -> dict[str, Any] | None:
+        """A signed statement of who is calling, for a gateway inside the perimeter (tunnel hosts only).
+
+        Each attempt gets its own token (its jti is the tool-use id plus the attempt): the
+        gateway refuses a token it has seen, so a retried request must not reuse one.
+        """
         tunnel = self.deps.tunnel_of(url)
         if self.deps.issuer is None or not tunnel:
             return None
         token = self.deps.issuer.mint(
-            await self._caller(session),
+            identity,
             audience=f"inwall-gateway:{tunnel}",
             tool=str(call.mcp_tool),
             input_sha256=input_digest(call.input),
-            tool_use_id=call.event_id,
+            tool_use_id=call.event_id if attempt == 1 else f"{call.event_id}.{attempt}",
             session_id=self.session_id,
         )
         return {IDENTITY_META_KEY: token}

@@ -284,30 +284,33 @@ class TurnState:
 
     def transcript(self, consume: Sequence[str] = ()) -> list[Message]:
         """The messages for the next model call, consuming the given pending inputs."""
-        messages: list[Message] = []
         consuming = set(consume)
+        inputs_by_step: dict[int, list[ContentBlock]] = {}
+        for item in self.inputs:
+            at = self.step + 1 if item.consumed_step is None and item.event_id in consuming else item.consumed_step
+            if at is not None and at > 0:
+                inputs_by_step.setdefault(at, []).extend(item.blocks)
+        runs: list[tuple[Literal["user", "assistant"], list[ContentBlock]]] = []
         for n in range(1, self.step + 2):
-            user: list[ContentBlock] = [
-                c.result_block() for c in self.step_calls(n - 1) if not c.hidden
-            ]
-            for item in self.inputs:
-                if item.consumed_step == n or (n == self.step + 1 and item.event_id in consuming):
-                    user.extend(item.blocks)
+            user: list[ContentBlock] = [c.result_block() for c in self.step_calls(n - 1) if not c.hidden]
+            user.extend(inputs_by_step.get(n, ()))
             if user:
-                _push(messages, "user", user)
-            if n <= self.step:
-                blocks = self.assistant.get(n) or []
-                if blocks:
-                    _push(messages, "assistant", blocks)
-        return messages
+                _extend(runs, "user", user)
+            if n <= self.step and self.assistant.get(n):
+                _extend(runs, "assistant", self.assistant[n])
+        return [Message(role, blocks) for role, blocks in runs]
 
 
-def _push(messages: list[Message], role: Literal["user", "assistant"], blocks: list[ContentBlock]) -> None:
-    """Append, merging with a previous message of the same role (the API requires alternation)."""
-    if messages and messages[-1].role == role:
-        messages[-1] = Message(role, [*messages[-1].content, *blocks])
+def _extend(
+    runs: list[tuple[Literal["user", "assistant"], list[ContentBlock]]],
+    role: Literal["user", "assistant"],
+    blocks: list[ContentBlock],
+) -> None:
+    """Append blocks, merging with a previous run of the same role (the API requires alternation)."""
+    if runs and runs[-1][0] == role:
+        runs[-1][1].extend(blocks)
     else:
-        messages.append(Message(role, list(blocks)))
+        runs.append((role, list(blocks)))
 
 
 def _input_blocks(event: dict[str, Any]) -> list[ContentBlock]:

@@ -25,6 +25,7 @@ from inwall.errors import AuthError, ConfigError
 from inwall.gateway.certs import create_certificates
 from inwall.gateway.config import GatewayConfigError, load_config
 from inwall.gateway.program import GatewayProgram
+from inwall.governance import PolicyFile
 
 __all__ = ["configure", "run"]
 
@@ -95,6 +96,18 @@ def _validate(args: argparse.Namespace) -> int:
     for name, stdio in sorted(config.stdio.items()):
         print(f"  {name}: stdio {' '.join(stdio.command)}{_rules(stdio.allow_tools, stdio.deny_tools)}")
     print(f"  allowed_ips: {', '.join(str(n) for n in config.allowed_ips)}")
+    if config.identity is not None:
+        need = "required" if config.identity.required else "optional (unsigned calls are anonymous)"
+        print(
+            f"  identity: audience {config.identity.audience}, key {config.identity.public_key_file}, {need}"
+        )
+    if config.policy is not None:
+        print(f"  policy: perimeter {PolicyFile(config.policy.file).engine.describe()}")
+    if config.redactor is not None:
+        off = sorted(set(config.route_names()) - config.redacted_routes())
+        print(
+            f"  redact: {', '.join(config.redactor.names)}" + (f" (not on {', '.join(off)})" if off else "")
+        )
     return 0
 
 

@@ -47,6 +47,8 @@ class Transcript:
             name = ev.name if kind != "agent.mcp_tool_use" else f"{ev.mcp_server_name}/{ev.name}"
             self.names[ev.id] = name
             where = {"agent.tool_use": "sandbox", "agent.custom_tool_use": "client", "agent.mcp_tool_use": "mcp"}[kind]
+            if getattr(ev, "evaluated_permission", None) == "deny":
+                where = "refused"
             c.print(Text(f"🔧 {name}", style="bold yellow"), Text(f"({where})", style="dim"), escape(_short(json.dumps(ev.input))))
         elif kind in ("user.tool_result", "agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result"):
             ref = getattr(ev, "tool_use_id", None) or getattr(ev, "mcp_tool_use_id", None) or getattr(

@@ -4,7 +4,13 @@ One app serves every tunnel connection (TN's ``TunnelConnector`` calls it once
 per h2 stream) and can also run under uvicorn for tests, so it owns its
 resources in :meth:`Gateway.running` (entered by the program, or by the ASGI
 lifespan when a server sends one): the upstream HTTP clients and the stdio
-bridges with their children.
+bridges with their children, and the watch that hot-reloads the perimeter's
+Cedar policy.
+
+From the config it assembles the perimeter: the allow/deny lists and, with
+``[policy]``, the Cedar policy (both must allow; see :mod:`inwall.gateway.cedar`),
+the identity check of ``[identity]`` (:mod:`inwall.gateway.identity`) and the
+redaction of ``[redact]``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ from inwall.gateway._jsonrpc import (
     error_body,
     loads_strict,
 )
+from inwall.gateway.cedar import AllOf, CedarDecider
 from inwall.gateway.config import GatewayConfig, HttpRoute
-from inwall.gateway.mcp_policy import Decider, IdentityVerifier, PerimeterPolicy, ToolListDecider
+from inwall.gateway.identity import CallerIdentity
+from inwall.gateway.mcp_policy import Decider, PerimeterPolicy, ToolListDecider
 from inwall.gateway.netguard import GuardedTransport, Resolver
 from inwall.gateway.perimeter import AuditSink, LogAuditSink, Perimeter
 from inwall.gateway.stdio import StdioBridge
 from inwall.gateway.upstream import HttpUpstream
+from inwall.governance import PolicyEngine, PolicyFile
 
 __all__ = ["Gateway"]
 
@@ -52,10 +61,12 @@ log = logging.getLogger(__name__)
 class Gateway:
     """ASGI app for the private side of a tunnel.
 
-    ``decider`` defaults to the config's allow/deny lists; ``identity`` verifies
-    ``X-Inwall-Identity`` (default: none is verified, claims are None);
+    ``decider`` replaces the config's allow/deny lists and Cedar policy;
+    ``identity`` replaces the ``[identity]`` check (default: built from the
+    config, loading the pinned public key; ConfigError when it cannot);
     ``audit`` is an :class:`AuditLog` or any :class:`AuditSink` (None: no audit,
-    for tests only); ``resolver`` replaces DNS for the upstream guard.
+    for tests only); ``resolver`` replaces DNS for the upstream guard. A
+    ``[policy]`` file that is missing or invalid raises ConfigError here.
     """
 
     def __init__(
@@ -63,17 +74,31 @@ class Gateway:
         config: GatewayConfig,
         *,
         decider: Decider | None = None,
-        identity: IdentityVerifier | None = None,
+        identity: CallerIdentity | None = None,
         audit: AuditLog | AuditSink | None = None,
         resolver: Resolver | None = None,
         digest_key: bytes | None = None,
     ) -> None:
         self.config = config
-        self.policy = PerimeterPolicy(decider or ToolListDecider(config.tool_rules()), digest_key=digest_key)
-        sink = LogAuditSink(audit) if isinstance(audit, AuditLog) else audit
-        self.perimeter = Perimeter(
-            self.policy, identity=identity, audit=sink, max_request_bytes=config.max_request_bytes
+        self.policy_file: PolicyFile | None = None
+        self.policy_reloads = 0
+        self.policy_rejections = 0
+        self._policy_changed = anyio.Event()
+        if config.policy is not None:
+            self.policy_file = PolicyFile(
+                config.policy.file, on_error=self._policy_rejected, on_reload=self._policy_reloaded
+            )
+            log.info("perimeter %s", self.policy_file.engine.describe())
+        self.policy = PerimeterPolicy(
+            decider or self._decider(),
+            identity=identity or CallerIdentity.from_config(config.identity),
+            redactor=config.redactor,
+            redacted_routes=config.redacted_routes(),
+            digest_key=digest_key,
         )
+        sink = LogAuditSink(audit) if isinstance(audit, AuditLog) else audit
+        self.perimeter = Perimeter(self.policy, audit=sink, max_request_bytes=config.max_request_bytes)
+        log.info("perimeter %s", "; ".join(f"{k}: {v}" for k, v in self.describe().items()))
         self._audit = sink
         self._resolver = resolver
         self._backends: dict[str, ASGIApp] = {}
@@ -86,6 +111,63 @@ class Gateway:
         self._idle = anyio.Event()
         self._idle.set()
         self._streams: set[anyio.CancelScope] = set()
+
+    def _decider(self) -> Decider:
+        lists = ToolListDecider(self.config.tool_rules())
+        policy_file, policy = self.policy_file, self.config.policy
+        if policy_file is None or policy is None:
+            return lists
+        identity = self.config.identity
+        cedar = CedarDecider(
+            lambda: policy_file.engine,
+            tunnel_id=identity.tunnel_id if identity is not None else "",
+            anonymous_listing=policy.anonymous_listing,
+        )
+        return AllOf(lists, cedar)
+
+    def describe(self) -> dict[str, str]:
+        """The perimeter's settings in a few words, for the startup log and the audit log."""
+        identity = self.policy.identity
+        if not identity.enabled:
+            who = "not checked (no [identity]): every caller is anonymous"
+        else:
+            who = "required on every tools/call" if identity.required else "checked when present"
+        redactor = self.config.redactor
+        return {
+            "identity": who,
+            "policy": str(self.config.policy.file) if self.config.policy is not None else "none",
+            "redact": ", ".join(redactor.names) if redactor is not None else "off",
+        }
+
+    @property
+    def engine(self) -> PolicyEngine | None:
+        """The perimeter's Cedar policy in force (None without ``[policy]``)."""
+        return self.policy_file.engine if self.policy_file is not None else None
+
+    def _policy_reloaded(self, engine: PolicyEngine) -> None:
+        self.policy_reloads += 1
+        self._policy_notify()
+
+    def _policy_rejected(self, message: str) -> None:
+        # PolicyFile has logged it (logger inwall.governance); the old policy stays in force.
+        self.policy_rejections += 1
+        self._policy_notify()
+
+    def _policy_notify(self) -> None:
+        self._policy_changed.set()
+        self._policy_changed = anyio.Event()
+
+    async def wait_policy_change(self) -> None:
+        """Return at the next reload or rejection of the policy file (for tests and status)."""
+        await self._policy_changed.wait()
+
+    def reload_policy(self) -> bool:
+        """Apply the policy file if it changed and is valid (what the watch does every interval).
+
+        A broken edit is rejected with one log line (logger ``inwall.governance``)
+        and the policy in force stays in force.
+        """
+        return self.policy_file.maybe_reload() if self.policy_file is not None else False
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -104,6 +186,10 @@ class Gateway:
             for name, bridge in self.stdio.items():
                 await stack.enter_async_context(bridge.running())
                 self._backends[name] = bridge
+            if self.policy_file is not None and self.config.policy is not None:
+                watcher = await stack.enter_async_context(anyio.create_task_group())
+                watcher.start_soon(self.policy_file.watch, self.config.policy.reload_interval_s)
+                stack.callback(watcher.cancel_scope.cancel)
             self._running = True
             try:
                 yield self

@@ -9,12 +9,23 @@ network (``inwall gateway validate``).
                   dead_after_s, domain, max_request_bytes
     [tls]         cert_file, key_file                        (required)
     [routes]      NAME = "scheme://host:port"  or  [routes.NAME] upstream, allow_tools,
-                  deny_tools, headers, ca_file
+                  deny_tools, headers, ca_file, redact
     [stdio.NAME]  command, env, cwd, allow_tools, deny_tools, idle_timeout_s, max_sessions,
-                  stop_grace_s
+                  stop_grace_s, redact
     [upstream]    allowed_ips, connect_timeout_s
+    [identity]    public_key_file, tunnel_id, required, leeway_s
+    [policy]      file, reload_interval_s, anonymous_listing
+    [redact]      builtins, custom                 (routes opt out with ``redact = false``)
 
 Relative paths are resolved against the config file's directory.
+
+``[identity]`` pins the control plane's public key from a file (never fetched
+at run time: a key the gateway downloads is a key an attacker can swap), and
+the tunnel id makes the audience the control plane signs for
+(``inwall-gateway:<tunnel id>``). ``[policy]`` names a Cedar file; with
+``check_files`` it must parse and validate here, and at run time it
+hot-reloads. ``[redact]`` is checked entry by entry so a bad regular
+expression is reported on its own line.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from inwall.errors import ConfigError
 from inwall.gateway._toml_locate import Path as KeyPath
 from inwall.gateway._toml_locate import locate_keys
 from inwall.gateway.mcp_policy import ToolRule
+from inwall.governance import IdentityKeys, PolicyError, PolicySet, Redactor
+from inwall.governance.redact import BUILTINS, DEFAULT_BUILTINS
 
 __all__ = [
     "DEFAULT_ALLOWED_IPS",
@@ -44,6 +57,8 @@ __all__ = [
     "GatewayConfigError",
     "HttpRoute",
     "IPNetwork",
+    "IdentityConfig",
+    "PolicyConfig",
     "StdioRoute",
     "load_config",
     "parse_config",
@@ -60,6 +75,8 @@ DEFAULT_ALLOWED_IPS: tuple[str, ...] = (
     "fc00::/7",
 )
 
+_TUNNEL_ID = re.compile(r"^tnl_[A-Za-z0-9_-]{1,64}$")
+ANONYMOUS_LISTING = ("unfiltered", "filtered")
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -115,6 +132,7 @@ class HttpRoute:
     deny_tools: frozenset[str] = frozenset()
     headers: tuple[tuple[str, str], ...] = ()
     ca_file: Path | None = None
+    redact: bool = True  # when the gateway has a [redact] table; ``redact = false`` opts out
 
     @property
     def upstream(self) -> str:
@@ -133,6 +151,31 @@ class StdioRoute:
     idle_timeout_s: float = 1800.0
     max_sessions: int = 16
     stop_grace_s: float = 2.0
+    redact: bool = True
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """``[identity]``: verify the control plane's signed caller identity on every tools/call."""
+
+    public_key_file: Path
+    tunnel_id: str
+    required: bool = False
+    leeway_s: float = 5.0
+
+    @property
+    def audience(self) -> str:
+        """What the control plane signs for when it calls through this tunnel."""
+        return f"inwall-gateway:{self.tunnel_id}"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: the perimeter's own Cedar policy, reloaded when the file changes."""
+
+    file: Path
+    reload_interval_s: float = 1.0
+    anonymous_listing: str = "unfiltered"  # "unfiltered" | "filtered" (as the anonymous principal)
 
 
 @dataclass(frozen=True)
@@ -151,6 +194,9 @@ class GatewayConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     allowed_ips: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_ALLOWED_IPS)
     upstream_connect_timeout_s: float = 10.0
+    identity: IdentityConfig | None = None
+    policy: PolicyConfig | None = None
+    redactor: Redactor | None = None
     source: Path | None = None
 
     def tool_rules(self) -> dict[str, ToolRule]:
@@ -162,6 +208,13 @@ class GatewayConfig:
 
     def route_names(self) -> list[str]:
         return sorted([*self.routes, *self.stdio])
+
+    def redacted_routes(self) -> frozenset[str]:
+        """Routes whose tool results are redacted: all but those with ``redact = false``."""
+        if self.redactor is None:
+            return frozenset()
+        everything: list[HttpRoute | StdioRoute] = [*self.routes.values(), *self.stdio.values()]
+        return frozenset(route.name for route in everything if route.redact)
 
 
 class _Reader:
@@ -224,6 +277,13 @@ class _Reader:
             return default
         if not minimum <= value <= maximum:
             self.problem((*path, key), f"must be between {minimum} and {maximum}, not {value}")
+            return default
+        return value
+
+    def boolean(self, doc: Mapping[str, Any], key: str, path: KeyPath, default: bool) -> bool:
+        value = doc.get(key, default)
+        if not isinstance(value, bool):
+            self.problem((*path, key), f"must be true or false, not {_type(value)}")
             return default
         return value
 
@@ -293,7 +353,7 @@ class _Reader:
         return out
 
 
-_TOP = {"gateway", "tls", "routes", "stdio", "upstream"}
+_TOP = {"gateway", "tls", "routes", "stdio", "upstream", "identity", "policy", "redact"}
 _GATEWAY = {
     "connections",
     "audit_log",
@@ -305,7 +365,7 @@ _GATEWAY = {
     "max_request_bytes",
 }
 _TLS = {"cert_file", "key_file"}
-_ROUTE = {"upstream", "allow_tools", "deny_tools", "headers", "ca_file"}
+_ROUTE = {"upstream", "allow_tools", "deny_tools", "headers", "ca_file", "redact"}
 _STDIO = {
     "command",
     "env",
@@ -315,8 +375,13 @@ _STDIO = {
     "idle_timeout_s",
     "max_sessions",
     "stop_grace_s",
+    "redact",
 }
 _UPSTREAM = {"allowed_ips", "connect_timeout_s"}
+_IDENTITY = {"public_key_file", "tunnel_id", "required", "leeway_s"}
+_POLICY = {"file", "reload_interval_s", "anonymous_listing"}
+_REDACT = {"builtins", "custom"}
+_CUSTOM = {"name", "pattern", "ignore_case"}
 
 
 def parse_config(
@@ -393,12 +458,22 @@ def parse_config(
     for cidr in DEFAULT_ALLOWED_IPS if cidrs is None else cidrs:
         networks.append(ipaddress.ip_network(cidr))
 
+    identity = _identity(r, r.sub_table(doc, "identity", ()))
+    policy = _policy(r, r.sub_table(doc, "policy", ()))
+    redactor = _redactor(r, r.sub_table(doc, "redact", ()))
+    if redactor is None:
+        for kind, named in (("routes", routes), ("stdio", stdio)):
+            for name, spec in (r.sub_table(doc, kind, ()) or {}).items():
+                if name in named and isinstance(spec, dict) and spec.get("redact") is True:
+                    r.problem((kind, name, "redact"), "redact = true needs a [redact] table (the patterns)")
+
     if not routes and not stdio and not r.problems:
         r.problem((), "no routes: add [routes] or [stdio.NAME] entries")
     if check_files and not r.problems and cert_file is not None and key_file is not None:
         _check_files(
             r, cert_file=cert_file, key_file=key_file, routes=routes, stdio=stdio, audit_log=audit_log
         )
+        _check_governance_files(r, identity, policy)
     if r.problems or cert_file is None or key_file is None:
         raise GatewayConfigError(source, r.problems)
     return GatewayConfig(
@@ -416,6 +491,9 @@ def parse_config(
         max_request_bytes=max_request,
         allowed_ips=tuple(networks),
         upstream_connect_timeout_s=connect_timeout,
+        identity=identity,
+        policy=policy,
+        redactor=redactor,
         source=None,
     )
 
@@ -470,6 +548,121 @@ def _check_files(
         r.problem(("gateway", "audit_log"), f"{audit_log.parent}: no such directory")
 
 
+def _check_governance_files(r: _Reader, identity: IdentityConfig | None, policy: PolicyConfig | None) -> None:
+    if identity is not None:
+        try:
+            IdentityKeys.load_public(identity.public_key_file)
+        except ConfigError as exc:
+            r.problem(("identity", "public_key_file"), exc.message)
+    if policy is not None:
+        try:
+            text = policy.file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            r.problem(("policy", "file"), f"{policy.file}: no such file")
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            r.problem(("policy", "file"), f"{policy.file}: cannot be read: {exc}")
+            return
+        try:
+            PolicySet.parse(text, source=str(policy.file))
+        except PolicyError as exc:
+            r.problem(
+                ("policy", "file"),
+                "the policy does not parse or validate:\n  " + exc.message.replace("\n", "\n  "),
+            )
+
+
+def _identity(r: _Reader, spec: Mapping[str, Any] | None) -> IdentityConfig | None:
+    if spec is None:
+        return None
+    path: KeyPath = ("identity",)
+    r.table(spec, path, _IDENTITY)
+    key_file = r.path(spec, "public_key_file", path, required=True)
+    tunnel_id = r.string(spec, "tunnel_id", path, required=True)
+    if tunnel_id is not None and not _TUNNEL_ID.fullmatch(tunnel_id):
+        r.problem((*path, "tunnel_id"), f"{tunnel_id!r} is not a tunnel id (tnl_...)")
+        tunnel_id = None
+    required = r.boolean(spec, "required", path, False)
+    leeway = r.number(spec, "leeway_s", path, 5.0, minimum=0, maximum=300)
+    if key_file is None or tunnel_id is None:
+        return None
+    return IdentityConfig(public_key_file=key_file, tunnel_id=tunnel_id, required=required, leeway_s=leeway)
+
+
+def _policy(r: _Reader, spec: Mapping[str, Any] | None) -> PolicyConfig | None:
+    if spec is None:
+        return None
+    path: KeyPath = ("policy",)
+    r.table(spec, path, _POLICY)
+    file = r.path(spec, "file", path, required=True)
+    interval = r.number(spec, "reload_interval_s", path, 1.0, minimum=0.01, maximum=3600)
+    listing = r.string(spec, "anonymous_listing", path) or "unfiltered"
+    if listing not in ANONYMOUS_LISTING:
+        r.problem(
+            (*path, "anonymous_listing"), f"must be one of {', '.join(ANONYMOUS_LISTING)}, not {listing!r}"
+        )
+        listing = "unfiltered"
+    if file is None:
+        return None
+    return PolicyConfig(file=file, reload_interval_s=interval, anonymous_listing=listing)
+
+
+def _redactor(r: _Reader, spec: Mapping[str, Any] | None) -> Redactor | None:
+    """Each entry is checked alone, so a problem names its own line."""
+    if spec is None:
+        return None
+    path: KeyPath = ("redact",)
+    r.table(spec, path, _REDACT)
+    before = len(r.problems)
+    names = r.strings(
+        spec,
+        "builtins",
+        path,
+        check=lambda n: None if n in BUILTINS else f"unknown pattern {n!r} (known: {', '.join(BUILTINS)})",
+    )
+    builtins = list(DEFAULT_BUILTINS) if names is None else names
+    custom: list[tuple[str, str | re.Pattern[str]]] = []
+    raw = spec.get("custom", [])
+    if not isinstance(raw, list):
+        r.problem(
+            (*path, "custom"), f"must be an array of regexes or {{name, pattern}} tables, not {_type(raw)}"
+        )
+        raw = []
+    for index, entry in enumerate(raw):
+        where: KeyPath = (*path, "custom", index)
+        item: tuple[str, str | re.Pattern[str]]
+        if isinstance(entry, str):
+            item = ("custom", entry)
+        elif isinstance(entry, dict):
+            r.table(entry, where, _CUSTOM)
+            pattern = r.string(entry, "pattern", where, required=True)
+            name = r.string(entry, "name", where) or "custom"
+            ignore_case = r.boolean(entry, "ignore_case", where, False)
+            if pattern is None:
+                continue
+            try:
+                item = (name, re.compile(pattern, re.IGNORECASE if ignore_case else 0))
+            except re.error as exc:
+                r.problem((*where, "pattern"), f"invalid regular expression: {exc.msg}")
+                continue
+        else:
+            r.problem(where, f"must be a regex string or a {{name, pattern}} table, not {_type(entry)}")
+            continue
+        try:
+            Redactor((), [item])
+        except ConfigError as exc:
+            r.problem(where, exc.message.removeprefix("custom[0]: "))
+            continue
+        custom.append(item)
+    if len(r.problems) > before:
+        return None
+    try:
+        return Redactor(builtins, custom)
+    except ConfigError as exc:
+        r.problem(path, exc.message)
+        return None
+
+
 def _http_route(r: _Reader, name: str, value: Any) -> HttpRoute | None:
     path: KeyPath = ("routes", name)
     if not _LABEL.fullmatch(name):
@@ -502,6 +695,7 @@ def _http_route(r: _Reader, name: str, value: Any) -> HttpRoute | None:
     ca_file = r.path(spec, "ca_file", path)
     if ca_file is not None and scheme != "https":
         r.problem((*path, "ca_file"), "only applies to an https upstream")
+    redact = r.boolean(spec, "redact", path, True)
     return HttpRoute(
         name=name,
         scheme=scheme,
@@ -511,6 +705,7 @@ def _http_route(r: _Reader, name: str, value: Any) -> HttpRoute | None:
         deny_tools=frozenset(deny),
         headers=tuple(headers.items()),
         ca_file=ca_file,
+        redact=redact,
     )
 
 
@@ -532,6 +727,7 @@ def _stdio_route(r: _Reader, name: str, spec: Mapping[str, Any]) -> StdioRoute |
     idle = r.number(spec, "idle_timeout_s", path, 1800.0, minimum=0.001, maximum=7 * 86400)
     max_sessions = r.integer(spec, "max_sessions", path, 16, minimum=1, maximum=1024)
     grace = r.number(spec, "stop_grace_s", path, 2.0, minimum=0.001, maximum=300)
+    redact = r.boolean(spec, "redact", path, True)
     if not command:
         return None
     return StdioRoute(
@@ -544,6 +740,7 @@ def _stdio_route(r: _Reader, name: str, spec: Mapping[str, Any]) -> StdioRoute |
         idle_timeout_s=idle,
         max_sessions=max_sessions,
         stop_grace_s=grace,
+        redact=redact,
     )
 
 

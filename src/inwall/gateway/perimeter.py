@@ -3,14 +3,17 @@
 Everything protocol-shaped is decided in :mod:`mcp_policy` (sans-I/O); this
 module only moves bytes between the caller, the policy and the route's backend
 (an HTTP upstream or a stdio bridge, both plain ASGI apps) and writes one
-audit record per request, whatever its outcome.
+audit record per request, whatever its outcome. The backend gets the body the
+policy chose (identity tokens stripped from ``_meta``) and never the
+``X-Inwall-Identity`` header. The audit record names the caller the token
+verified (``identity``), never the token, and counts redactions per pattern
+(``redactions: [{pattern, count}]``), never the values.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
 from typing import Any, NoReturn, Protocol
 
 import anyio
@@ -27,10 +30,9 @@ from inwall.gateway._asgi import (
     send_json,
 )
 from inwall.gateway._jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error_body
+from inwall.gateway.identity import IDENTITY_HEADER
 from inwall.gateway.mcp_policy import (
     FilterError,
-    IdentityVerifier,
-    NoIdentity,
     PerimeterPolicy,
     RequestVerdict,
     ResponseFilter,
@@ -41,7 +43,7 @@ __all__ = ["AuditSink", "LogAuditSink", "Perimeter"]
 
 log = logging.getLogger(__name__)
 
-IDENTITY_HEADER = "x-inwall-identity"
+_IDENTITY_HEADER_BYTES = IDENTITY_HEADER.encode()
 
 
 class AuditSink(Protocol):
@@ -68,12 +70,10 @@ class Perimeter:
         self,
         policy: PerimeterPolicy,
         *,
-        identity: IdentityVerifier | None = None,
         audit: AuditSink | None = None,
         max_request_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.policy = policy
-        self.identity = identity or NoIdentity()
         self.audit = audit
         self.max_request_bytes = max_request_bytes
 
@@ -116,26 +116,23 @@ class Perimeter:
             )
             return
         record["bytes_in"] = len(body)
-        headers = header_pairs(scope)
-        try:
-            identity = self.identity.verify(dict(headers).get(IDENTITY_HEADER))
-        except ValueError as exc:
-            record.update(outcome="refused", reason=f"identity refused: {exc}")
-            await send_json(
-                out, 401, error_body(None, INVALID_REQUEST, f"the caller identity was refused: {exc}")
-            )
-            return
-        if identity is not None and isinstance(identity.get("sub"), str):
-            record["caller"] = identity["sub"]
-        verdict = self.policy.check(route, method, headers, body, identity=identity)
+        verdict = self.policy.check(route, method, header_pairs(scope), body)
         _describe(record, verdict)
         if not verdict.forward:
             assert verdict.reply is not None
             await send_json(out, verdict.reply.status, verdict.reply.body)
             if verdict.outcome == "denied":
                 log.info("route %s: denied %s", route, record.get("tools"))
+            elif verdict.identities and any(n.outcome == "refused" for n in verdict.identities):
+                log.warning("route %s: %s", route, verdict.refusal)
             return
         first_id = verdict.messages[0].id if len(verdict.messages) == 1 else None
+        forward_body = body if verdict.body is None else verdict.body
+        # The token is the caller's credential for this call, not the MCP server's business.
+        scope = {
+            **scope,
+            "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != _IDENTITY_HEADER_BYTES],
+        }
 
         replayed = False
 
@@ -143,7 +140,7 @@ class Perimeter:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": forward_body, "more_body": False}
             return await receive()
 
         filtered = _FilteredSend(
@@ -152,7 +149,6 @@ class Perimeter:
             route=route,
             method=method,
             verdict=verdict,
-            identity=identity,
             request_id=first_id,
         )
         try:
@@ -171,6 +167,15 @@ class Perimeter:
             record["hidden_tools"] = filtered.filter.hidden
         if filtered.filter is not None and filtered.filter.dropped_events:
             record["dropped_events"] = filtered.filter.dropped_events
+        if filtered.filter is not None and filtered.filter.redactions:
+            # A list, not {name: count}: the audit log blanks values under secret-looking keys,
+            # and pattern names ("api_keys", a custom "token") are exactly such keys.
+            record["redactions"] = [
+                {"pattern": name, "count": count}
+                for name, count in sorted(filtered.filter.redactions.items())
+            ]
+        if filtered.filter is not None and filtered.filter.withheld:
+            record["structured_content_withheld"] = filtered.filter.withheld
 
 
 def _describe(record: dict[str, Any], verdict: RequestVerdict) -> None:
@@ -196,6 +201,11 @@ def _describe(record: dict[str, Any], verdict: RequestVerdict) -> None:
         ]
     if verdict.refusal:
         record["reason"] = verdict.refusal
+    if verdict.identities:
+        record["identity"] = [note.record() for note in verdict.identities]
+        callers = [n.caller for n in verdict.identities if n.caller is not None]
+        if callers:
+            record["caller"] = callers[0]
 
 
 class _Outbound:
@@ -227,14 +237,12 @@ class _FilteredSend:
         route: str,
         method: str,
         verdict: RequestVerdict,
-        identity: Mapping[str, Any] | None,
         request_id: Any,
     ) -> None:
         self._policy = policy
         self._route = route
         self._method = method
         self._verdict = verdict
-        self._identity = identity
         self._out = out
         self._request_id = request_id
         self._start: Message | None = None
@@ -259,7 +267,6 @@ class _FilteredSend:
                 self._verdict,
                 status=message["status"],
                 headers=headers,
-                identity=self._identity,
             )
         except FilterError as exc:
             await self._refuse(str(exc))
@@ -289,7 +296,7 @@ class _FilteredSend:
             return
         self._buffer += chunk
         if len(self._buffer) > self.filter.max_bytes:
-            await self._refuse("the upstream's tools/list response is too large to filter")
+            await self._refuse("the upstream's response is too large to filter")
         if more:
             return
         try:

@@ -206,6 +206,7 @@ class GatewayProgram:
                 connections=self.config.connections,
                 routes=self.config.route_names(),
                 proxy=bool(self._proxy),
+                perimeter=self.gateway.describe(),
             )
             try:
                 async with anyio.create_task_group() as tg:

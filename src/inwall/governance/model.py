@@ -15,7 +15,7 @@ from inwall.errors import InvalidInput
 
 __all__ = ["IDENTITY_KINDS", "TOOL_KINDS", "Identity", "ToolRef"]
 
-IDENTITY_KINDS = frozenset({"user", "end_user", "admin"})
+IDENTITY_KINDS = frozenset({"user", "end_user", "admin", "anonymous"})
 TOOL_KINDS = frozenset({"builtin", "custom", "mcp"})
 
 

@@ -108,15 +108,20 @@ class McpPool:
         arguments: Mapping[str, Any],
         *,
         timeout_s: float,
-        meta: Mapping[str, Any] | None = None,
+        meta: Callable[[int], Mapping[str, Any] | None] | None = None,
     ) -> McpCallResult:
         import mcp_types as types
         from mcp import MCPError
 
+        attempts = 0
+
         async def op(client: ClientSession) -> McpCallResult:
+            nonlocal attempts
+            attempts += 1
+            request_meta = meta(attempts) if meta is not None else None
             try:
                 result = await client.call_tool(
-                    tool, dict(arguments), read_timeout_seconds=timeout_s, meta=dict(meta) if meta else None
+                    tool, dict(arguments), read_timeout_seconds=timeout_s, meta=dict(request_meta) if request_meta else None
                 )
             except MCPError as exc:
                 if exc.code == types.REQUEST_TIMEOUT:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -49,8 +49,10 @@ class McpClientPool(Protocol):
         arguments: Mapping[str, Any],
         *,
         timeout_s: float,
-        meta: Mapping[str, Any] | None = None,
-    ) -> McpCallResult: ...
+        meta: Callable[[int], Mapping[str, Any] | None] | None = None,
+    ) -> McpCallResult:
+        """``meta(attempt)`` builds the request's ``_meta`` for each attempt (a retry needs a fresh identity token)."""
+        ...
 
     def tools_changed(self, session_id: str, server: str) -> bool:
         """True once after the server sent notifications/tools/list_changed (re-list at the next turn boundary)."""

@@ -4,7 +4,7 @@
 standalone route: it reaches the client on the GET stream). `spawn_helper`
 starts a long sleep in the server's process group, to prove the gateway stops
 the whole group. `env_dump` returns the environment, to prove what the child
-is given.
+is given; `meta_dump` the request's `_meta`, to prove what reached it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def env_dump() -> dict[str, str]:
 def spawn_helper() -> int:
     helper = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
     return helper.pid
+
+
+@mcp.tool()
+def meta_dump(ctx: Context) -> dict[str, object]:
+    """The request's _meta as the server received it (the gateway must have stripped its token)."""
+    return dict(ctx.request_context.meta or {})
 
 
 @mcp.tool()

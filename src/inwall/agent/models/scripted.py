@@ -56,6 +56,8 @@ Usage
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import re
@@ -141,6 +143,13 @@ def parse_calls(prompt: str) -> list[ScriptedCall] | ScriptError:
     return calls
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_cached(prompt: str) -> tuple[ScriptedCall, ...] | ScriptError:
+    """Every step of a turn re-reads the same prompt; parse it once."""
+    calls = parse_calls(prompt)
+    return calls if isinstance(calls, ScriptError) else tuple(calls)
+
+
 def _latest_prompt(messages: Sequence[Message]) -> tuple[str, int] | None:
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
@@ -208,7 +217,7 @@ class ScriptedProvider:
             return _text_response(NO_CALLS_ANSWER, read)
         prompt, index = found
         turn = request.messages[index + 1 :]
-        calls = parse_calls(prompt)
+        calls = _parse_cached(prompt)
         if isinstance(calls, ScriptError):
             return _text_response(calls.text(), read)
         done = sum(
@@ -224,7 +233,7 @@ class ScriptedProvider:
                 "type": "tool_use",
                 "id": new_id("toolu"),
                 "name": call.name,
-                "input": call.input,
+                "input": copy.deepcopy(call.input),  # the parse is cached and shared
             }
             written = len(call.name) + len(json.dumps(call.input))
             return ModelResponse(
