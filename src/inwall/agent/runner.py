@@ -46,7 +46,7 @@ from inwall.control.status import change_status
 from inwall.control.work import WorkQueue
 from inwall.errors import InwallError
 from inwall.governance import Identity, IdentityIssuer, PolicyEngine, input_digest
-from inwall.ids import now
+from inwall.ids import new_id, now
 from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
 from inwall.store import schema as s
 from inwall.store.db import Database
@@ -113,7 +113,7 @@ class SessionRunner:
         # (mid-session edits); both are cached between steps to keep the hot path lean.
         self._cached: dict[str, Any] | None = None
         self._identity: Identity | None = None
-        self._ensured: tuple[str, ...] = ()
+        self._work_ensured = False  # a live work item was ensured during this turn
 
     # -- main loop -----------------------------------------------------------------
 
@@ -141,11 +141,10 @@ class SessionRunner:
             elif isinstance(action, Offload):
                 await self._offload(action)
             elif isinstance(action, WaitForWorker):
-                if action.call_ids != self._ensured or self.state.status == "idle":
+                if not self._work_ensured or self.state.status == "idle":
                     await self._ensure_running_with_worker()
-                    self._ensured = action.call_ids
                 if not await self._wait():
-                    self._ensured = ()  # a quiet wait slice: check on the work item again
+                    self._work_ensured = False  # a quiet wait slice: check on the work item again
             elif isinstance(action, RequireAction):
                 await self._require_action(action)
                 await self._wait()
@@ -161,6 +160,8 @@ class SessionRunner:
             self.state.apply(ev.seq, ev.body, ev.internal, ev.processed_at is not None)
             if ev.type in ("session.updated", "session.status_terminated", "session.deleted"):
                 self._cached = None
+            if ev.type == "session.status_idle" and (ev.body.get("stop_reason") or {}).get("type") != "requires_action":
+                self._work_ensured = False  # a turn boundary: the worker may leave; check again next turn
 
     async def _wait(self) -> bool:
         woken = await self.deps.log.bus.wait_session(self.session_id, self.deps.settings.wait_slice_s)
@@ -201,6 +202,7 @@ class SessionRunner:
             if self.state.status == "idle":
                 await change_status(tx, self.session_id, "running")
             await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+        self._work_ensured = True
         await self._refresh()
 
     async def _require_action(self, action: RequireAction) -> None:
@@ -488,30 +490,45 @@ class SessionRunner:
         if not events:
             events.append({"type": "agent.message", "content": [{"type": "text", "text": "(no response)"}]})
             internals.append({"step": step})
+        # The whole step is one INSERT: ids are assigned here so refusals and the span end
+        # can point at events of the same batch.
+        for ev in events:
+            ev["id"] = new_id("sevt")
+        batch = list(events)
+        batch_internal = list(internals)
+        stamps: list[datetime | None] = [None] * len(events)
+        for index, note in refusals:
+            batch.append(
+                {
+                    "type": "agent.tool_result",
+                    "tool_use_id": events[index]["id"],
+                    "content": [{"type": "text", "text": note}],
+                    "is_error": True,
+                }
+            )
+            batch_internal.append({"step": step})
+            stamps.append(None)
+        if start_id is None:
+            start_id = new_id("sevt")
+            batch.insert(0, {"id": start_id, "type": "span.model_request_start"})
+            batch_internal.insert(0, {"step": step})
+            stamps.insert(0, started)
+        batch.append(_span_end(start_id, response))
+        batch_internal.append({"step": step})
+        stamps.append(None)
         async with self.deps.log.transaction() as tx:
-            start = await self._span_start(tx, step, start_id, started)
-            emitted = await tx.append(self.session_id, events, internal=internals)
-            for index, note in refusals:
-                await tx.append(
-                    self.session_id,
-                    [
-                        {
-                            "type": "agent.tool_result",
-                            "tool_use_id": emitted[index]["id"],
-                            "content": [{"type": "text", "text": note}],
-                            "is_error": True,
-                        }
-                    ],
-                    internal=[{"step": step}],
-                )
-            await tx.append(self.session_id, [_span_end(start, response)], internal=[{"step": step}])
+            appended = await tx.append(self.session_id, batch, internal=batch_internal, stamps=stamps)
+            emitted = [e for e in appended if e["id"] in {ev["id"] for ev in events}]
             await self._add_usage(tx, response)
             tool_uses = [e for e in emitted if e["type"] in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")]
             if not tool_uses:
                 stop = {"type": "refusal"} if response.stop_reason == "refusal" else {"type": "end_turn"}
                 await change_status(tx, self.session_id, "idle", stop_reason=stop, force_event=True)
-            if needs_worker:
+            if needs_worker and not self._work_ensured:
+                # Once per turn: afterwards the work queue itself re-queues a running session
+                # whose item stops or lapses.
                 await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
+                self._work_ensured = True
             await self._audit_calls(tx, session, emitted, internals)
         await self._refresh()
 
@@ -540,13 +557,16 @@ class SessionRunner:
             )
 
     async def _add_usage(self, tx: Tx, response: ModelResponse) -> None:
-        row = (await tx.conn.execute(sa.select(s.sessions.c.body).where(s.sessions.c.id == self.session_id))).one()
-        body = dict(row.body)
-        usage = dict(body.get("usage") or {})
-        for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
-            usage[key] = int(usage.get(key, 0)) + int(getattr(response.usage, key))
-        body["usage"] = usage
-        await tx.conn.execute(s.sessions.update().where(s.sessions.c.id == self.session_id).values(body=body))
+        u = response.usage
+        await tx.conn.execute(
+            s.sessions.update()
+            .where(s.sessions.c.id == self.session_id)
+            .values(
+                input_tokens=s.sessions.c.input_tokens + u.input_tokens,
+                output_tokens=s.sessions.c.output_tokens + u.output_tokens,
+                cache_read_input_tokens=s.sessions.c.cache_read_input_tokens + u.cache_read_input_tokens,
+            )
+        )
 
     async def _run_mcp(self, call: ToolCall) -> None:
         session = await self._session()

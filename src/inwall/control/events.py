@@ -87,29 +87,38 @@ class Tx:
         internal: Sequence[dict[str, Any]] | None = None,
         queued: bool = False,
         at: datetime | None = None,
+        stamps: Sequence[datetime | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Assign ids, stamp ``processed_at`` (unless ``queued``; ``at`` backdates it), insert, stage for publishing."""
+        """Stamp ``processed_at`` (unless ``queued``), insert in one statement, stage for publishing.
+
+        An event keeps a preassigned ``id`` (so one batch can reference itself); ``at``
+        backdates the whole batch and ``stamps`` single events (a span's start).
+        """
         at = at or now()
         out = []
+        rows = []
         for i, ev in enumerate(events):
-            event_id = new_id("sevt")
-            processed = None if queued else at
+            event_id = str(ev.get("id") or new_id("sevt"))
+            stamp = (stamps[i] if stamps is not None else None) or at
+            processed = None if queued else stamp
             body = {"id": event_id, **{k: v for k, v in ev.items() if k != "id"}, "processed_at": ts(processed)}
             ref_id, ref_kind = ref_of(body)
-            await self.conn.execute(
-                s.events.insert().values(
-                    id=event_id,
-                    session_id=session_id,
-                    type=body["type"],
-                    body=body,
-                    processed_at=processed,
-                    created_at=at,
-                    internal=dict(internal[i]) if internal else {},
-                    ref_id=ref_id,
-                    ref_kind=ref_kind,
-                )
+            rows.append(
+                {
+                    "id": event_id,
+                    "session_id": session_id,
+                    "type": body["type"],
+                    "body": body,
+                    "processed_at": processed,
+                    "created_at": at,
+                    "internal": dict(internal[i]) if internal else {},
+                    "ref_id": ref_id,
+                    "ref_kind": ref_kind,
+                }
             )
             out.append(body)
+        if rows:
+            await self.conn.execute(s.events.insert(), rows)  # one statement (executemany), in order
         self.published.setdefault(session_id, []).extend(out)
         self.woken.add(session_id)
         return out

@@ -67,7 +67,11 @@ def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
             "active_seconds": round(active, 3),
             "duration_seconds": round(((end or now()) - (created or now())).total_seconds(), 3),
         },
-        "usage": body.get("usage", {}),
+        "usage": {
+            "input_tokens": int(row["input_tokens"] or 0),
+            "output_tokens": int(row["output_tokens"] or 0),
+            "cache_read_input_tokens": int(row["cache_read_input_tokens"] or 0),
+        },
         "budget": None,
         "deployment_id": None,
         "created_at": ts(row["created_at"]),
@@ -168,7 +172,6 @@ class SessionService:
                 "agent": snapshot,
                 "title": params.title,
                 "metadata": dict(params.metadata),
-                "usage": {},
                 "stop_reason": None,
             }
             if acting_for is not None:
@@ -185,6 +188,9 @@ class SessionService:
                     created_at=at,
                     updated_at=at,
                     active_seconds=0.0,
+                    input_tokens=0,
+                    output_tokens=0,
+                    cache_read_input_tokens=0,
                 )
             )
             await self._work.ensure_work(tx, session_id, params.environment_id)
@@ -382,24 +388,22 @@ class SessionService:
             return
         field, types, ref_kind = expected
         target_id = payload[field]
-        target = (
+        # One round trip: the tool-use event itself and every answer already recorded for it.
+        rows = (
             await tx.conn.execute(
-                sa.select(s.events.c.type, s.events.c.body, s.events.c.internal).where(
-                    s.events.c.session_id == session_id, s.events.c.id == target_id
+                sa.select(s.events.c.id, s.events.c.type, s.events.c.body, s.events.c.internal, s.events.c.ref_kind)
+                .where(
+                    s.events.c.session_id == session_id,
+                    sa.or_(s.events.c.id == target_id, s.events.c.ref_id == target_id),
                 )
             )
-        ).first()
+        ).all()
+        target = next((r for r in rows if r.id == target_id), None)
         if target is None or target.type not in types:
             raise InvalidInput(f"{field} {target_id!r} does not name an {' or '.join(types)} event of this session")
         if (target.internal or {}).get("refused"):
             raise Conflict(f"tool use {target_id} was refused by the control plane and takes no {ref_kind}")
-        answered = await tx.conn.execute(
-            sa.select(s.events.c.ref_kind, s.events.c.body).where(
-                s.events.c.session_id == session_id,
-                s.events.c.ref_id == target_id,
-            )
-        )
-        refs = {r.ref_kind: r.body for r in answered}
+        refs = {r.ref_kind: r.body for r in rows if r.id != target_id and r.ref_kind}
         kinds = set(refs)
         denied = (refs.get("confirmation") or {}).get("result") == "deny"
         if ref_kind == "result" and ("result" in kinds or denied):

@@ -61,6 +61,22 @@ def load_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
     return data
 
 
+def _lock_data_dir(data_dir: Path) -> int:
+    """One server per embedded database: a second process on the same data dir would race it."""
+    import fcntl
+
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"another inwall server is already using {data_dir}; stop it first, or use PostgreSQL "
+            "(--database-url) to run several servers"
+        ) from None
+    return fd
+
+
 class ControlPlane:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -69,6 +85,7 @@ class ControlPlane:
         os.chmod(data_dir, 0o700)
         self.server_key = load_or_create_secret(data_dir / "server_key")
         self.db = Database(settings.database_url or sqlite_url(data_dir))
+        self._lock_fd = _lock_data_dir(data_dir) if self.db.is_sqlite else None
         self.bus = EventBus()
         self.events = EventLog(self.db, self.bus)
         self.tokens = SessionTokens(self.server_key)
@@ -203,3 +220,6 @@ class ControlPlane:
                 await self.mcp.aclose()
                 await self.providers.aclose_all()
                 await self.db.aclose()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None

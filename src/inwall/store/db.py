@@ -3,17 +3,27 @@
 SQLite is the embedded default: WAL for concurrent readers, ``synchronous=NORMAL``
 (durable across process crashes, which is what the server-crash tests kill),
 and a process-wide write lock so two coroutines never race for SQLite's single
-writer (SQLITE_BUSY would otherwise surface as a random 500). PostgreSQL needs
-no lock; the same queries run there.
+writer.
+
+SQLite statements run *inline* on the event loop through a synchronous
+connection. On a local WAL database a statement takes tens of microseconds,
+while handing each one to a worker thread (aiosqlite) costs hundreds; a tool
+call's round trip makes a dozen of them, so the thread hops were most of the
+control plane's latency. Nothing can make an inline call wait on another
+process: one server owns the file (a lock in the data directory enforces it),
+readers never block under WAL, and writers are serialised by the lock above
+before they touch the database. PostgreSQL runs through the async engine
+(asyncpg) as usual; callers see the same ``AsyncConnection`` interface either
+way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import sqlalchemy as sa
@@ -26,13 +36,24 @@ __all__ = ["Database", "sqlite_url"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite+aiosqlite:///{data_dir / 'inwall.db'}"
+    return f"sqlite:///{data_dir / 'inwall.db'}"
 
 
-def _sync_url(url: str) -> str:
-    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg") if "sqlite" in url else url
+class _InlineConnection:
+    """``AsyncConnection``'s calling convention over a synchronous SQLAlchemy connection."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(self._conn, *args)
 
 
 class Database:
@@ -41,12 +62,15 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        self._sync: sa.Engine | None = None
+        self.engine: AsyncEngine | None = None
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self._sync = sa.create_engine(
+                url.replace("sqlite+aiosqlite:", "sqlite:"), connect_args={"timeout": 30, "check_same_thread": False}
+            )
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(url, pool_pre_ping=True)
         self._write_lock = anyio.Lock()
 
     async def migrate(self) -> None:
@@ -54,16 +78,31 @@ class Database:
         from inwall.store.migrate import upgrade
 
         try:
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.run_sync(upgrade)
         except sa.exc.OperationalError as exc:
             raise ConfigError(f"cannot open the database: {exc.orig}") from exc
 
     @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        if self._sync is not None:
+            with self._sync.begin() as conn:
+                yield cast(AsyncConnection, _InlineConnection(conn))
+        else:
+            assert self.engine is not None
+            async with self.engine.begin() as aconn:
+                yield aconn
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self.engine.connect() as conn:
-                yield conn
+            if self._sync is not None:
+                with self._sync.connect() as conn:
+                    yield cast(AsyncConnection, _InlineConnection(conn))
+            else:
+                assert self.engine is not None
+                async with self.engine.connect() as aconn:
+                    yield aconn
         except sa.exc.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc.orig}") from exc
 
@@ -75,7 +114,7 @@ class Database:
             if lock is not None:
                 await lock.acquire()
             try:
-                async with self.engine.begin() as conn:
+                async with self._begin() as conn:
                     yield conn
             finally:
                 if lock is not None:
@@ -84,7 +123,10 @@ class Database:
             raise Unavailable(f"database unavailable: {exc.orig}") from exc
 
     async def aclose(self) -> None:
-        await self.engine.dispose()
+        if self._sync is not None:
+            self._sync.dispose()
+        if self.engine is not None:
+            await self.engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

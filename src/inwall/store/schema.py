@@ -116,6 +116,10 @@ sessions = Table(
     Column("deleted_at", TS),
     Column("running_since", TS),
     Column("active_seconds", Float, nullable=False, default=0.0),
+    # Token usage, kept as counters so a model step adds to them in one UPDATE.
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cache_read_input_tokens", BigInteger, nullable=False, default=0),
     Index("ix_sessions_created", "created_at"),
     Index("ix_sessions_status", "status"),
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:03:10.309139
+Create Date: 2026-11-26 13:40:57.829276
 """
 
 from alembic import op
@@ -69,6 +69,9 @@ def upgrade() -> None:
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("running_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("active_seconds", sa.Float(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_read_input_tokens", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("sessions", schema=None) as batch_op:
