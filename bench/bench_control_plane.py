@@ -5,7 +5,7 @@
    times each agent.tool_use → next agent.tool_use interval (server emits the
    call, the worker runs it and posts the result, the server folds it and asks
    the model, the next call reaches the client). The baseline is the same
-   no-op run by the same tool object locally. Overhead = round trip − local.
+   no-op run by the same tool object locally. Overhead = round trip - local.
    Target: ≤ 5 ms median on loopback.
 2. 50 concurrent sessions of 10 tool calls each: errors (target 0),
    throughput (tool calls per second) and p99 per-call latency.
@@ -13,12 +13,14 @@
 The server and the worker are separate processes (``inwall server`` and the
 worker named by --worker), as in production; the bench process is the client.
 
-    python bench/bench_control_plane.py [--calls 200] [--sessions 50] [--per-session 10] [--worker stock|inwall]
+    python bench/bench_control_plane.py [--calls 200] [--sessions 50] [--per-session 10]
+                                        [--worker stock|inwall]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -34,7 +36,7 @@ import anyio
 from anthropic import AsyncAnthropic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import ServerProcess  # noqa: E402
+from tests.helpers import ServerProcess
 
 
 def pct(values: list[float], q: float) -> float:
@@ -42,18 +44,39 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_worker(kind: str, base_url: str, env_id: str, key: str, workdir: Path, max_sessions: int) -> subprocess.Popen[bytes]:
+def start_worker(
+    kind: str, base_url: str, env_id: str, key: str, workdir: Path, max_sessions: int
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_ENVIRONMENT_ID=env_id, ANTHROPIC_ENVIRONMENT_KEY=key,
-               INWALL_WORKER_MAX_IDLE="2")
+    env.update(
+        ANTHROPIC_BASE_URL=base_url,
+        ANTHROPIC_ENVIRONMENT_ID=env_id,
+        ANTHROPIC_ENVIRONMENT_KEY=key,
+        INWALL_WORKER_MAX_IDLE="2",
+    )
     if kind == "stock":
         argv = [sys.executable, "-m", "inwall.demo.stock_worker", str(workdir)]
     else:
-        argv = [sys.executable, "-m", "inwall.cli.main", "worker", "--workdir", str(workdir),
-                "--max-sessions", str(max_sessions), "--max-idle", "2"]
+        argv = [
+            sys.executable,
+            "-m",
+            "inwall.cli.main",
+            "worker",
+            "--workdir",
+            str(workdir),
+            "--max-sessions",
+            str(max_sessions),
+            "--max-idle",
+            "2",
+        ]
     log = (workdir.parent / "worker.log").open("wb")
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log,  # noqa: S603
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -100,7 +123,7 @@ async def one_session(client: AsyncAnthropic, agent_id: str, env_id: str, calls:
                 raise RuntimeError(f"session error: {ev.error.type}: {ev.error.message}")
     if len(stamps) != calls + 1:
         raise RuntimeError(f"expected {calls} tool calls and an answer, saw {len(stamps)} events")
-    return [(b - a) * 1000 for a, b in zip(stamps, stamps[1:], strict=False)]
+    return [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -113,27 +136,42 @@ async def main(args: argparse.Namespace) -> None:
     workdir.mkdir(mode=0o711)
     worker = None
     try:
-        async with AsyncAnthropic(base_url=server.base_url, api_key=server.admin_key, max_retries=0,
-                                  timeout=120) as client:
+        async with AsyncAnthropic(
+            base_url=server.base_url, api_key=server.admin_key, max_retries=0, timeout=120
+        ) as client:
             env = await client.beta.environments.create(name="bench", config={"type": "self_hosted"})
-            agent = await client.beta.agents.create(name="bench", model="inwall-scripted",
-                                                    tools=[{"type": "agent_toolset_20260401"}])
+            agent = await client.beta.agents.create(
+                name="bench", model="inwall-scripted", tools=[{"type": "agent_toolset_20260401"}]
+            )
             key: Any = await client.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
-            worker = start_worker(args.worker, server.base_url, env.id, key["key"], workdir, args.sessions + 4)
+            worker = start_worker(
+                args.worker, server.base_url, env.id, key["key"], workdir, args.sessions + 4
+            )
 
             with anyio.fail_after(60):
                 await one_session(client, agent.id, env.id, 5)  # warm-up: worker attached, shell started
             (root / "local").mkdir()
             local = await local_baseline(args.calls, root / "local")
             trips: list[float] = []
-            per = max(1, min(args.calls, 20))  # turns of 20 calls: a long transcript is the model's cost, not ours
+            per = max(
+                1, min(args.calls, 20)
+            )  # turns of 20 calls: a long transcript is the model's cost, not ours
             for _ in range(max(1, args.calls // per)):
                 trips += await one_session(client, agent.id, env.id, per)
             local_med, trip_med = statistics.median(local), statistics.median(trips)
-            print(f"== no-op built-in tool call, {len(trips)} sequential calls in turns of {per}, worker={args.worker}")
-            print(f"local (same tool, in-process)    median {local_med:7.2f} ms   p90 {pct(local, .9):7.2f} ms")
-            print(f"round trip via control plane     median {trip_med:7.2f} ms   p90 {pct(trips, .9):7.2f} ms")
-            print(f"control plane adds               median {trip_med - local_med:7.2f} ms   (target <= 5 ms)")
+            print(
+                f"== no-op built-in tool call, {len(trips)} sequential calls in turns of {per}, "
+                f"worker={args.worker}"
+            )
+            print(
+                f"local (same tool, in-process)    median {local_med:7.2f} ms   p90 {pct(local, 0.9):7.2f} ms"
+            )
+            print(
+                f"round trip via control plane     median {trip_med:7.2f} ms   p90 {pct(trips, 0.9):7.2f} ms"
+            )
+            print(
+                f"control plane adds               median {trip_med - local_med:7.2f} ms   (target <= 5 ms)"
+            )
             print(f"ratio round trip / local         {trip_med / local_med:7.1f}x")
 
             if args.sessions:
@@ -155,11 +193,18 @@ async def main(args: argparse.Namespace) -> None:
                             tg.start_soon(run, i)
                 elapsed = time.perf_counter() - t
                 total = args.sessions * args.per_session
-                print(f"== {args.sessions} concurrent sessions x {args.per_session} tool calls, worker={args.worker}")
-                print(f"errors {errors}   wall {elapsed:.2f} s   throughput {total / elapsed:.1f} tool calls/s")
+                print(
+                    f"== {args.sessions} concurrent sessions x {args.per_session} tool calls, "
+                    f"worker={args.worker}"
+                )
+                print(
+                    f"errors {errors}   wall {elapsed:.2f} s   throughput {total / elapsed:.1f} tool calls/s"
+                )
                 if latencies:
-                    print(f"per-call latency median {statistics.median(latencies):.2f} ms   "
-                          f"p99 {pct(latencies, .99):.2f} ms")
+                    print(
+                        f"per-call latency median {statistics.median(latencies):.2f} ms   "
+                        f"p99 {pct(latencies, 0.99):.2f} ms"
+                    )
     finally:
         if worker is not None:
             stop(worker)
@@ -167,7 +212,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--per-session", type=int, default=10)

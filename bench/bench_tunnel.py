@@ -346,9 +346,8 @@ async def child(*args: str) -> AsyncIterator[int]:
 
 @asynccontextmanager
 async def mcp_session(url: str, http: httpx2.AsyncClient) -> AsyncIterator[Any]:
-    from mcp.client.streamable_http import streamable_http_client
-
     from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
 
     async with (
         streamable_http_client(url, http_client=http, max_sse_event_size=None) as (read, write),

@@ -105,7 +105,9 @@ def free_port() -> int:
 class ServerProcess:
     """``inwall server`` as a real child process, so a test can SIGKILL it mid-turn and start it again."""
 
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         import os
 
         self.data_dir = data_dir
@@ -130,10 +132,23 @@ class ServerProcess:
         import httpx2
 
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter
-            [sys.executable, "-m", "inwall.cli.main", "server", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--log-level", "warning", *self.args],
-            env=self.env, stdout=log, stderr=log,
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "inwall.cli.main",
+                "server",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         log.close()
         async with httpx2.AsyncClient() as http:

@@ -26,9 +26,9 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "Conflict",
-    "InwallError",
     "IntegrityError",
     "InvalidInput",
+    "InwallError",
     "LocalProtocolError",
     "NotFound",
     "PayloadTooLarge",
@@ -48,7 +48,9 @@ class InwallError(Exception):
     ``error.details`` (the SDK picks typed exception classes by the code).
     """
 
-    def __init__(self, message: str, *, error_code: str | None = None, details: dict[str, object] | None = None):
+    def __init__(
+        self, message: str, *, error_code: str | None = None, details: dict[str, object] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.error_code = error_code

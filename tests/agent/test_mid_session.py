@@ -31,7 +31,9 @@ async def test_an_mcp_server_swapped_in_mid_session_is_called(tmp_path: Path) ->
             assert updated.agent.mcp_servers[0].url == f"{b}/mcp"
             assert updated.agent.version == before.agent.version  # no new agent version
 
-            events, answer = await run_turn(client, session_id, [call("mcp__crm__swapped"), call("mcp__crm__t0")])
+            _events, answer = await run_turn(
+                client, session_id, [call("mcp__crm__swapped"), call("mcp__crm__t0")]
+            )
             history = [e async for e in client.beta.sessions.events.list(session_id, limit=1000)]
     lines = answer.splitlines()
     assert lines[0] == "mcp__crm__swapped [10 chars]: swapped ok"
@@ -42,7 +44,10 @@ async def test_an_mcp_server_swapped_in_mid_session_is_called(tmp_path: Path) ->
     # The transcript is untouched: the first turn is still there, in order, before the change.
     kinds = [e.type for e in history]
     assert kinds.index("session.updated") > kinds.index("agent.mcp_tool_result")
-    assert [e.content[0].text for e in history if e.type == "agent.message"][0] == "mcp__crm__t0 [5 chars]: t0 ok"
+    assert (
+        next(e.content[0].text for e in history if e.type == "agent.message")
+        == "mcp__crm__t0 [5 chars]: t0 ok"
+    )
 
 
 async def test_changes_are_refused_while_a_turn_runs(tmp_path: Path) -> None:
@@ -53,7 +58,13 @@ async def test_changes_are_refused_while_a_turn_runs(tmp_path: Path) -> None:
         )
         session = await client.beta.sessions.create(agent=agent.id, environment_id=env.id)
         await client.beta.sessions.events.send(
-            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": call("bash", {"command": "true"})}]}]
+            session.id,
+            events=[
+                {
+                    "type": "user.message",
+                    "content": [{"type": "text", "text": call("bash", {"command": "true"})}],
+                }
+            ],
         )
         with anyio.fail_after(10):  # no worker: the turn waits for one, running
             while (await client.beta.sessions.retrieve(session.id)).status != "running":
@@ -67,7 +78,9 @@ async def test_changes_are_refused_while_a_turn_runs(tmp_path: Path) -> None:
         # Idle now: the change goes through.
         updated = await client.beta.sessions.update(
             session.id,
-            agent={"tools": [{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "enabled": False}]}]},
+            agent={
+                "tools": [{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "enabled": False}]}]
+            },
         )
         assert updated.agent.tools[0].configs[0].enabled is False
         # A disabled tool cannot run even if the model asks for it.

@@ -23,7 +23,10 @@ async def test_a_600kb_mcp_result_is_offloaded_and_sliced(tmp_path: Path) -> Non
     state = CrmState()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    async with serve_asgi(make_app(state)) as base, running_server(fast_settings(tmp_path / "data")) as server:
+    async with (
+        serve_asgi(make_app(state)) as base,
+        running_server(fast_settings(tmp_path / "data")) as server,
+    ):
         async with server.client() as client, server.client() as worker_client:
             agent = {
                 "name": "offload",
@@ -42,7 +45,11 @@ async def test_a_600kb_mcp_result_is_offloaded_and_sliced(tmp_path: Path) -> Non
             env_id = (await client.beta.sessions.retrieve(session_id)).environment_id
             minted = await client.post(f"/v1/inwall/environments/{env_id}/keys", cast_to=object, body={})
             worker = EnvironmentWorker(
-                worker_client, environment_id=env_id, environment_key=minted["key"], workdir=workdir, max_idle=30  # type: ignore[index]
+                worker_client,
+                environment_id=env_id,
+                environment_key=minted["key"],
+                workdir=workdir,
+                max_idle=30,  # type: ignore[index]
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(worker.run)
@@ -53,7 +60,10 @@ async def test_a_600kb_mcp_result_is_offloaded_and_sliced(tmp_path: Path) -> Non
                 _, sliced = await run_turn(
                     client,
                     session_id,
-                    [call("read", {"file_path": path, "view_range": [100, 101]}), call("grep", {"pattern": "row 011000", "path": path})],
+                    [
+                        call("read", {"file_path": path, "view_range": [100, 101]}),
+                        call("grep", {"pattern": "row 011000", "path": path}),
+                    ],
                 )
                 tg.cancel_scope.cancel()
 

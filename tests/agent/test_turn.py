@@ -27,9 +27,13 @@ class Log:
     def __init__(self) -> None:
         self.rows: list[tuple[int, dict[str, Any], dict[str, Any], bool]] = []
 
-    def add(self, type_: str, *, internal: dict[str, Any] | None = None, processed: bool = True, **body: Any) -> str:
+    def add(
+        self, type_: str, *, internal: dict[str, Any] | None = None, processed: bool = True, **body: Any
+    ) -> str:
         event_id = f"sevt_{len(self.rows) + 1}"
-        self.rows.append((len(self.rows) + 1, {"id": event_id, "type": type_, **body}, internal or {}, processed))
+        self.rows.append(
+            (len(self.rows) + 1, {"id": event_id, "type": type_, **body}, internal or {}, processed)
+        )
         return event_id
 
     def state(self) -> TurnState:
@@ -58,8 +62,13 @@ def test_builtin_calls_wait_for_the_worker_then_the_model_is_called_again() -> N
     log.add("user.message", content=text("go"), internal={"consumed_step": 1})
     log.add("session.status_running")
     log.add("span.model_request_start", internal={"step": 1})
-    use = log.add("agent.tool_use", name="bash", input={"command": "ls"}, evaluated_permission="allow",
-                  internal={"step": 1, "model_name": "bash"})
+    use = log.add(
+        "agent.tool_use",
+        name="bash",
+        input={"command": "ls"},
+        evaluated_permission="allow",
+        internal={"step": 1, "model_name": "bash"},
+    )
     log.add("span.model_request_end", internal={"step": 1})
     assert decide(log.state()) == WaitForWorker((use,))
     log.add("user.tool_result", tool_use_id=use, content=text("a\nb"), is_error=False)
@@ -67,16 +76,28 @@ def test_builtin_calls_wait_for_the_worker_then_the_model_is_called_again() -> N
     assert decide(state) == CallModel((), starts_turn=False)
     messages = state.transcript()
     assert [m.role for m in messages] == ["user", "assistant", "user"]
-    assert messages[2].content[0] == {"type": "tool_result", "tool_use_id": use, "content": text("a\nb"), "is_error": False}
+    assert messages[2].content[0] == {
+        "type": "tool_result",
+        "tool_use_id": use,
+        "content": text("a\nb"),
+        "is_error": False,
+    }
 
 
 def test_custom_tools_and_ask_gated_calls_require_action_in_order() -> None:
     log = Log()
     log.add("user.message", content=text("go"), internal={"consumed_step": 1})
     log.add("span.model_request_start", internal={"step": 1})
-    custom = log.add("agent.custom_tool_use", name="weather", input={}, internal={"step": 1, "model_name": "weather"})
-    ask = log.add("agent.tool_use", name="bash", input={"command": "rm x"}, evaluated_permission="ask",
-                  internal={"step": 1, "model_name": "bash"})
+    custom = log.add(
+        "agent.custom_tool_use", name="weather", input={}, internal={"step": 1, "model_name": "weather"}
+    )
+    ask = log.add(
+        "agent.tool_use",
+        name="bash",
+        input={"command": "rm x"},
+        evaluated_permission="ask",
+        internal={"step": 1, "model_name": "bash"},
+    )
     assert decide(log.state()) == RequireAction((custom, ask))
     log.add("user.tool_confirmation", tool_use_id=ask, result="deny", deny_message="no deleting")
     assert decide(log.state()) == RequireAction((custom,))
@@ -85,14 +106,24 @@ def test_custom_tools_and_ask_gated_calls_require_action_in_order() -> None:
     assert decide(state) == CallModel((), starts_turn=False)
     [_, _, results] = state.transcript()
     denied = results.content[1]
-    assert denied["is_error"] and "denied" in denied["content"][0]["text"] and "no deleting" in denied["content"][0]["text"]
+    assert (
+        denied["is_error"]
+        and "denied" in denied["content"][0]["text"]
+        and "no deleting" in denied["content"][0]["text"]
+    )
 
 
 def test_mcp_calls_run_on_the_control_plane_once_allowed() -> None:
     log = Log()
     log.add("user.message", content=text("go"), internal={"consumed_step": 1})
-    use = log.add("agent.mcp_tool_use", name="lookup", mcp_server_name="crm", input={"id": 1},
-                  evaluated_permission="ask", internal={"step": 1, "model_name": "mcp__crm__lookup"})
+    use = log.add(
+        "agent.mcp_tool_use",
+        name="lookup",
+        mcp_server_name="crm",
+        input={"id": 1},
+        evaluated_permission="ask",
+        internal={"step": 1, "model_name": "mcp__crm__lookup"},
+    )
     assert decide(log.state()) == RequireAction((use,))
     log.add("user.tool_confirmation", tool_use_id=use, result="allow")
     action = decide(log.state())
@@ -147,8 +178,13 @@ def test_final_answer_without_its_idle_ends_the_turn() -> None:
 def test_refused_calls_resolve_immediately() -> None:
     log = Log()
     log.add("user.message", content=text("go"), internal={"consumed_step": 1})
-    use = log.add("agent.tool_use", name="nope", input={}, evaluated_permission="deny",
-                  internal={"step": 1, "refused": True, "model_name": "nope"})
+    use = log.add(
+        "agent.tool_use",
+        name="nope",
+        input={},
+        evaluated_permission="deny",
+        internal={"step": 1, "refused": True, "model_name": "nope"},
+    )
     log.add("agent.tool_result", tool_use_id=use, content=text("not available"), is_error=True)
     assert decide(log.state()) == CallModel((), starts_turn=False)
 
@@ -167,8 +203,12 @@ def test_large_results_are_offloaded_once(size: int) -> None:
     assert isinstance(action, Offload) and action.call.event_id == use
     # The runner commits the note and an internal write the model never sees.
     state.offloaded(use, "[inwall] saved")
-    write = log.add("agent.tool_use", name="write", input={"file_path": "p", "content": "x"},
-                    internal={"step": 1, "hidden": True, "offload_of": use})
+    write = log.add(
+        "agent.tool_use",
+        name="write",
+        input={"file_path": "p", "content": "x"},
+        internal={"step": 1, "hidden": True, "offload_of": use},
+    )
     for seq, body, internal, processed in log.rows[-1:]:
         state.apply(seq, body, internal, processed)
     assert decide(state) == WaitForWorker((write,))
@@ -176,7 +216,9 @@ def test_large_results_are_offloaded_once(size: int) -> None:
     state.apply(*log.rows[-1])
     assert decide(state) == CallModel((), starts_turn=False)
     tool_results = state.transcript()[-1].content
-    assert tool_results == [{"type": "tool_result", "tool_use_id": use, "content": text("[inwall] saved"), "is_error": False}]
+    assert tool_results == [
+        {"type": "tool_result", "tool_use_id": use, "content": text("[inwall] saved"), "is_error": False}
+    ]
 
 
 def test_estimate_tokens_formula() -> None:

@@ -50,7 +50,9 @@ async def _scenario(client: AsyncAnthropic, worker_client: AsyncAnthropic, tmp_p
         with anyio.fail_after(30):
             while True:
                 events = [e async for e in client.beta.sessions.events.list(session.id, limit=1000)]
-                idle = [e for e in events if e.type == "session.status_idle" and e.stop_reason.type == "end_turn"]
+                idle = [
+                    e for e in events if e.type == "session.status_idle" and e.stop_reason.type == "end_turn"
+                ]
                 if idle:
                     break
                 await anyio.sleep(0.1)

@@ -50,14 +50,17 @@ def _ended(events: list) -> bool:  # type: ignore[type-arg]
 def _start_worker(base_url: str, env_id: str, key: str, workdir: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update(ANTHROPIC_BASE_URL=base_url, ANTHROPIC_ENVIRONMENT_ID=env_id, ANTHROPIC_ENVIRONMENT_KEY=key)
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "inwall.demo.stock_worker", str(workdir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
 class Follower:
-    """A client that follows a session the way the SDK's runner does: stream, reconcile with the list, dedupe."""
+    """A client following a session as the SDK's runner does: stream, reconcile with the list, dedupe."""
 
     def __init__(self, base_url: str, key: str, session_id: str) -> None:
         self.base_url, self.key, self.session_id = base_url, key, session_id
@@ -90,7 +93,9 @@ async def test_kill_while_a_worker_runs_a_tool(tmp_path: Path) -> None:
     workdir.mkdir()
     worker = None
     try:
-        async with AsyncAnthropic(base_url=server.base_url, api_key=server.admin_key, max_retries=0) as client:
+        async with AsyncAnthropic(
+            base_url=server.base_url, api_key=server.admin_key, max_retries=0
+        ) as client:
             env_id, _, key, session_id = await _setup(client, "inwall-scripted")
             worker = _start_worker(server.base_url, env_id, key, workdir)
             follower = Follower(server.base_url, server.admin_key, session_id)
@@ -103,7 +108,8 @@ async def test_kill_while_a_worker_runs_a_tool(tmp_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follower.run)
                 await client.beta.sessions.events.send(
-                    session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}]
+                    session_id,
+                    events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}],
                 )
                 await _until(client, session_id, lambda ev: any(e.type == "agent.tool_use" for e in ev))
                 server.kill()  # mid-turn: the first bash is running on the worker
@@ -132,7 +138,9 @@ async def test_kill_while_the_model_is_thinking(tmp_path: Path) -> None:
         server = ServerProcess(tmp_path / "data", env=env)
         await server.start()
         try:
-            async with AsyncAnthropic(base_url=server.base_url, api_key=server.admin_key, max_retries=0) as client:
+            async with AsyncAnthropic(
+                base_url=server.base_url, api_key=server.admin_key, max_retries=0
+            ) as client:
                 _, _, _, session_id = await _setup(client, "claude-test-model")
                 await client.beta.sessions.events.send(
                     session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}]

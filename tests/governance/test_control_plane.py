@@ -16,7 +16,7 @@ from anthropic import AsyncAnthropic, AuthenticationError, BadRequestError
 
 from tests.governance.conftest import Provider
 from tests.helpers import Server, fast_settings, running_server
-from tests.mcp.conftest import call, crm, mcp_agent, run_turn  # noqa: F401 - crm is a fixture
+from tests.mcp.conftest import call, mcp_agent, run_turn
 from tests.mcp.servers import CrmState
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,11 @@ async def test_two_roles_same_agent_different_tools_and_outcomes(
                 _, answer = await run_turn(
                     client,
                     session.id,
-                    [call("mcp__crm__lookup", {"id": 1}), call("mcp__crm__grow"), call("mcp__crm__lookup", {"id": 13})],
+                    [
+                        call("mcp__crm__lookup", {"id": 1}),
+                        call("mcp__crm__grow"),
+                        call("mcp__crm__lookup", {"id": 13}),
+                    ],
                 )
                 outcomes[who] = answer.splitlines()
         async with server.client() as admin:
@@ -75,7 +79,9 @@ async def test_two_roles_same_agent_different_tools_and_outcomes(
     ana, eng = outcomes["analyst"], outcomes["engineer"]
     assert "ACME Corp" in ana[0] and "ACME Corp" in eng[0]
     # grow is hidden from analysts: the model is told it does not exist, nothing more.
-    assert ana[1] == "mcp__crm__grow [62 chars]: Error: tool 'mcp__crm__grow' is not available in this session."
+    assert (
+        ana[1] == "mcp__crm__grow [62 chars]: Error: tool 'mcp__crm__grow' is not available in this session."
+    )
     assert eng[1].startswith("mcp__crm__grow [") and "grew a new tool" in eng[1]
     # Argument constraint: nobody may look up customer 13; the model learns only that it was denied.
     for lines in (ana, eng):
@@ -107,7 +113,9 @@ async def test_a_broken_policy_edit_keeps_the_old_policy(tmp_path: Path, crm: tu
             _, answer = await run_turn(client, session.id, [call("mcp__crm__lookup", {"id": 1})])
             assert "ACME Corp" in answer  # the old policy still lets analysts read the CRM
             # A fixed file that forbids the CRM to analysts takes effect.
-            policy.write_text(POLICY.replace('resource.mcp_server == "crm"', 'resource.mcp_server == "nothing"'))
+            policy.write_text(
+                POLICY.replace('resource.mcp_server == "crm"', 'resource.mcp_server == "nothing"')
+            )
             with anyio.fail_after(20):
                 while True:
                     _, answer = await run_turn(client, session.id, [call("mcp__crm__t0")])
@@ -118,8 +126,9 @@ async def test_a_broken_policy_edit_keeps_the_old_policy(tmp_path: Path, crm: tu
             assert status["last_error"] is None
 
 
-async def test_oidc_end_user_tokens(tmp_path: Path, crm: tuple[str, CrmState], provider: Provider, rsa_key: Any,
-                                    other_rsa_key: Any) -> None:
+async def test_oidc_end_user_tokens(
+    tmp_path: Path, crm: tuple[str, CrmState], provider: Provider, rsa_key: Any, other_rsa_key: Any
+) -> None:
     url, _ = crm
     provider.add_key(rsa_key.public_key(), kid="k1")
     policy = tmp_path / "policy.cedar"
@@ -130,8 +139,16 @@ async def test_oidc_end_user_tokens(tmp_path: Path, crm: tuple[str, CrmState], p
 
     def token(key: Any = rsa_key, **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": provider.issuer, "aud": "inwall-app", "sub": "alice", "iat": now, "exp": now + 300,
-                "groups": ["analyst"], "email": "alice@example.com", **claims}
+        body = {
+            "iss": provider.issuer,
+            "aud": "inwall-app",
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 300,
+            "groups": ["analyst"],
+            "email": "alice@example.com",
+            **claims,
+        }
         return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
 
     async with running_server(settings) as server, server.client() as admin:

@@ -1,22 +1,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
-import pytest
 from anthropic import AsyncAnthropic
-
-from tests.mcp.servers import CrmState, make_app
-from tests.helpers import serve_asgi
-
-
-@pytest.fixture
-async def crm() -> AsyncIterator[tuple[str, CrmState]]:
-    state = CrmState()
-    async with serve_asgi(make_app(state)) as url:
-        yield f"{url}/mcp", state
 
 
 def mcp_agent(url: str, *, policy: str = "always_allow", name: str = "crm") -> dict[str, Any]:
@@ -25,7 +14,11 @@ def mcp_agent(url: str, *, policy: str = "always_allow", name: str = "crm") -> d
         "model": "inwall-scripted",
         "mcp_servers": [{"type": "url", "name": name, "url": url}],
         "tools": [
-            {"type": "mcp_toolset", "mcp_server_name": name, "default_config": {"permission_policy": {"type": policy}}}
+            {
+                "type": "mcp_toolset",
+                "mcp_server_name": name,
+                "default_config": {"permission_policy": {"type": policy}},
+            }
         ],
     }
 
@@ -40,7 +33,7 @@ async def new_session(client: AsyncAnthropic, agent: dict[str, Any]) -> str:
 async def run_turn(
     client: AsyncAnthropic, session_id: str, lines: list[str], *, timeout: float = 20
 ) -> tuple[list[Any], str]:
-    """Send one scripted user message and wait for its turn to end; returns (this turn's events, answer text)."""
+    """Send one scripted user message, wait for its turn to end; return (the turn's events, the answer)."""
     before = [e async for e in client.beta.sessions.events.list(session_id, limit=1000)]
     done = sum(1 for e in before if _ends(e))
     await client.beta.sessions.events.send(
@@ -52,7 +45,7 @@ async def run_turn(
             if sum(1 for e in events if _ends(e)) > done:
                 break
             await anyio.sleep(0.05)
-    fresh = events[len(before):]
+    fresh = events[len(before) :]
     answers = [e for e in fresh if e.type == "agent.message"]
     return fresh, answers[-1].content[0].text if answers else ""
 

@@ -24,7 +24,9 @@ PAGE = 3
 
 @dataclass
 class CrmState:
-    tools: list[str] = field(default_factory=lambda: [f"t{i}" for i in range(5)] + ["lookup", "slow", "big", "grow"])
+    tools: list[str] = field(
+        default_factory=lambda: [f"t{i}" for i in range(5)] + ["lookup", "slow", "big", "grow"]
+    )
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     cancelled: anyio.Event = field(default_factory=anyio.Event)
     list_requests: int = 0
@@ -55,19 +57,27 @@ def _tool(name: str) -> types.Tool:
 
 
 def make_server(state: CrmState) -> Server:
-    async def list_tools(ctx: ServerRequestContext, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def list_tools(
+        ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         state.list_requests += 1
         start = int(params.cursor) if params and params.cursor else 0
         page = state.tools[start : start + PAGE]
         more = start + PAGE < len(state.tools)
-        return types.ListToolsResult(tools=[_tool(n) for n in page], next_cursor=str(start + PAGE) if more else None)
+        return types.ListToolsResult(
+            tools=[_tool(n) for n in page], next_cursor=str(start + PAGE) if more else None
+        )
 
-    async def call_tool(ctx: ServerRequestContext, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        ctx: ServerRequestContext, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         args = dict(params.arguments or {})
         state.calls.append((params.name, args))
         text: str
         if params.name not in state.tools:
-            return types.CallToolResult(content=[types.TextContent(type="text", text="unknown tool")], is_error=True)
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text="unknown tool")], is_error=True
+            )
         if params.name == "lookup":
             text = json.dumps({"id": args.get("id"), "name": "ACME Corp", "tier": "gold"})
         elif params.name == "slow":
@@ -109,9 +119,14 @@ class RequireBearer:
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != f"Bearer {self.token}".encode():
+        if (
+            scope["type"] == "http"
+            and dict(scope["headers"]).get(b"authorization") != f"Bearer {self.token}".encode()
+        ):
             self.refused += 1
-            await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]}
+            )
             await send({"type": "http.response.body", "body": b"unauthorized"})
             return
         await self.app(scope, receive, send)
@@ -127,12 +142,23 @@ class ExpireSessionOnce:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", []))
-        if self.armed and scope["type"] == "http" and scope["method"] == "POST" and b"mcp-session-id" in headers:
+        if (
+            self.armed
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and b"mcp-session-id" in headers
+        ):
             self.armed = False
             self.expired += 1
-            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
+            body = json.dumps(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}}
+            )
             await send(
-                {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]}
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
             )
             await send({"type": "http.response.body", "body": body.encode()})
             return

@@ -19,12 +19,14 @@ async def test_tools_are_listed_across_pages_and_called(tmp_path: Path, crm: tup
     url, state = crm
     async with running_server(fast_settings(tmp_path)) as server, server.client() as client:
         session_id = await new_session(client, mcp_agent(url))
-        events, answer = await run_turn(client, session_id, [call("mcp__crm__lookup", {"id": 7}), call("mcp__crm__t4")])
+        events, answer = await run_turn(
+            client, session_id, [call("mcp__crm__lookup", {"id": 7}), call("mcp__crm__t4")]
+        )
     uses = [e for e in events if e.type == "agent.mcp_tool_use"]
     results = [e for e in events if e.type == "agent.mcp_tool_result"]
     assert [(u.mcp_server_name, u.name) for u in uses] == [("crm", "lookup"), ("crm", "t4")]
     assert [r.mcp_tool_use_id for r in results] == [u.id for u in uses]
-    assert answer.splitlines()[0].startswith('mcp__crm__lookup [') and '"ACME Corp"' in answer
+    assert answer.splitlines()[0].startswith("mcp__crm__lookup [") and '"ACME Corp"' in answer
     assert answer.splitlines()[1] == "mcp__crm__t4 [5 chars]: t4 ok"
     # t4 sits on the second page of tools/list: it is only callable because every page was read.
     assert ("t4", {}) in state.calls
@@ -45,9 +47,13 @@ async def test_list_changed_is_picked_up_at_the_next_turn(tmp_path: Path, crm: t
     assert answer == "mcp__crm__fresh [8 chars]: fresh ok"
 
 
-async def test_slow_call_times_out_and_is_cancelled_upstream(tmp_path: Path, crm: tuple[str, CrmState]) -> None:
+async def test_slow_call_times_out_and_is_cancelled_upstream(
+    tmp_path: Path, crm: tuple[str, CrmState]
+) -> None:
     url, state = crm
-    runner = RunnerSettings(model_retry_base_s=0.01, model_retry_cap_s=0.05, wait_slice_s=1.0, mcp_call_timeout_s=0.5)
+    runner = RunnerSettings(
+        model_retry_base_s=0.01, model_retry_cap_s=0.05, wait_slice_s=1.0, mcp_call_timeout_s=0.5
+    )
     async with running_server(fast_settings(tmp_path, runner=runner)) as server, server.client() as client:
         session_id = await new_session(client, mcp_agent(url))
         events, answer = await run_turn(client, session_id, [call("mcp__crm__slow", {"seconds": 30})])

@@ -31,7 +31,9 @@ async def _tunnel(client: AsyncAnthropic, certs_dir: Path) -> tuple[str, str, An
     tunnel = await client.beta.tunnels.create(display_name="crm-network")
     assert tunnel.id.startswith("tnl_") and tunnel.domain.endswith(".tunnel.inwall.internal")
     certs = create_certificates(tunnel.domain, certs_dir)
-    cert = await client.beta.tunnels.certificates.create(tunnel.id, ca_certificate_pem=certs.ca_cert.read_text())
+    cert = await client.beta.tunnels.certificates.create(
+        tunnel.id, ca_certificate_pem=certs.ca_cert.read_text()
+    )
     assert len(cert.fingerprint) == 64
     token = await client.beta.tunnels.reveal_token(tunnel.id)
     return tunnel.domain, token.tunnel_token, certs
@@ -42,7 +44,7 @@ def _gateway_config(path: Path, certs: Any, crm_port: int) -> Path:
         f"""
 [gateway]
 connections = 2
-audit_log = "{path.parent / 'gateway-audit.jsonl'}"
+audit_log = "{path.parent / "gateway-audit.jsonl"}"
 drain_timeout_s = 5
 [tls]
 cert_file = "{certs.server_cert}"
@@ -77,7 +79,11 @@ def _agent(domain: str) -> dict[str, Any]:
 async def test_private_mcp_servers_through_a_gateway_that_restarts(tmp_path: Path) -> None:
     state = CrmState()
     settings = fast_settings(tmp_path / "data", tunnel_connect_wait_s=1.0)
-    async with serve_asgi(make_app(state)) as crm_url, running_server(settings) as server, server.client() as client:
+    async with (
+        serve_asgi(make_app(state)) as crm_url,
+        running_server(settings) as server,
+        server.client() as client,
+    ):
         domain, token, certs = await _tunnel(client, tmp_path / "certs")
         config = _gateway_config(tmp_path / "gateway.toml", certs, int(crm_url.rsplit(":", 1)[1]))
         env = await client.beta.environments.create(name="t", config={"type": "self_hosted"})
@@ -121,9 +127,12 @@ async def test_private_mcp_servers_through_a_gateway_that_restarts(tmp_path: Pat
 
 async def test_wrong_and_rotated_tokens_are_refused(tmp_path: Path) -> None:
     state = CrmState()
-    async with serve_asgi(make_app(state)) as crm_url, running_server(fast_settings(tmp_path / "data")) as server, \
-            server.client() as client:
-        domain, token, certs = await _tunnel(client, tmp_path / "certs")
+    async with (
+        serve_asgi(make_app(state)) as crm_url,
+        running_server(fast_settings(tmp_path / "data")) as server,
+        server.client() as client,
+    ):
+        _domain, token, certs = await _tunnel(client, tmp_path / "certs")
         config = _gateway_config(tmp_path / "gateway.toml", certs, int(crm_url.rsplit(":", 1)[1]))
         async with gateway_process(config, server.bound.port, token="iwtt_wrong") as gw:
             with anyio.fail_after(20):

@@ -4,7 +4,7 @@ Each command first writes ``ran`` into its workspace; the test reads it back
 from the host, so a sandbox that runs nothing cannot pass.
 """
 
-# ruff: noqa: ASYNC220, ASYNC240 - tests inspect host files and start host victims synchronously, on purpose
+# ruff: noqa: ASYNC240 - tests inspect host files and start host victims synchronously, on purpose
 from __future__ import annotations
 
 import os

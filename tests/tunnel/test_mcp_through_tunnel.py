@@ -15,11 +15,11 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 
 from inwall.tunnel import TunnelConnector, TunnelEdge
-from mcp import ClientSession
 from tests.tunnel.helpers import (
     DOMAIN,
     PKI,

@@ -27,8 +27,14 @@ _SPECS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "type": "object",
             "properties": {
-                "command": {"type": "string", "description": "The command to run. Omit only when restart is true."},
-                "restart": {"type": "boolean", "description": "Restart the shell instead of running a command."},
+                "command": {
+                    "type": "string",
+                    "description": "The command to run. Omit only when restart is true.",
+                },
+                "restart": {
+                    "type": "boolean",
+                    "description": "Restart the shell instead of running a command.",
+                },
                 "timeout_ms": {"type": "integer", "description": "Timeout in milliseconds (default 120000)."},
             },
             "additionalProperties": False,

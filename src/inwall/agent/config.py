@@ -70,7 +70,9 @@ def _toolset(params: AgentToolsetParams) -> dict[str, Any]:
             "type": c.name,
             "enabled": default["enabled"] if c.enabled is None else c.enabled,
             "permission_policy": (
-                {"type": c.permission_policy.type} if c.permission_policy else dict(default["permission_policy"])
+                {"type": c.permission_policy.type}
+                if c.permission_policy
+                else dict(default["permission_policy"])
             ),
         }
         for extra in ("allowed_domains", "blocked_domains", "max_content_tokens", "url_sources"):
@@ -90,7 +92,9 @@ def _mcp_toolset(params: McpToolsetParams) -> dict[str, Any]:
             "name": c.name,
             "enabled": default["enabled"] if c.enabled is None else c.enabled,
             "permission_policy": (
-                {"type": c.permission_policy.type} if c.permission_policy else dict(default["permission_policy"])
+                {"type": c.permission_policy.type}
+                if c.permission_policy
+                else dict(default["permission_policy"])
             ),
         }
         for c in params.configs
@@ -213,7 +217,12 @@ def _as_params(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_agent(
-    agent_id: str, version: int, body: dict[str, Any], created_at: str, updated_at: str, archived_at: str | None
+    agent_id: str,
+    version: int,
+    body: dict[str, Any],
+    created_at: str,
+    updated_at: str,
+    archived_at: str | None,
 ) -> dict[str, Any]:
     return {
         "type": "agent",

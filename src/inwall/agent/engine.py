@@ -66,12 +66,13 @@ class Engine:
             while True:
                 try:
                     await SessionRunner(session_id, self.deps).run()
-                    return
                 except Exception:
                     # A bug or a database outage must not kill the server or lose the
                     # session: log it, back off, and rebuild the runner from the log.
                     log.exception("session runner failed; restarting it session_id=%s", session_id)
                     await anyio.sleep(self._restart_delay_s)
+                else:
+                    return
         finally:
             self._running.discard(session_id)
 

@@ -160,7 +160,10 @@ class SessionRunner:
             self.state.apply(ev.seq, ev.body, ev.internal, ev.processed_at is not None)
             if ev.type in ("session.updated", "session.status_terminated", "session.deleted"):
                 self._cached = None
-            if ev.type == "session.status_idle" and (ev.body.get("stop_reason") or {}).get("type") != "requires_action":
+            if (
+                ev.type == "session.status_idle"
+                and (ev.body.get("stop_reason") or {}).get("type") != "requires_action"
+            ):
                 self._work_ensured = False  # a turn boundary: the worker may leave; check again next turn
 
     async def _wait(self) -> bool:
@@ -182,10 +185,16 @@ class SessionRunner:
     async def _load_session(self) -> dict[str, Any]:
         async with self.deps.db.read() as conn:
             row = (
-                await conn.execute(
-                    sa.select(s.sessions).where(s.sessions.c.id == self.session_id, s.sessions.c.deleted_at.is_(None))
+                (
+                    await conn.execute(
+                        sa.select(s.sessions).where(
+                            s.sessions.c.id == self.session_id, s.sessions.c.deleted_at.is_(None)
+                        )
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
         if row is None:
             raise _SessionGone
         return dict(row)
@@ -228,7 +237,9 @@ class SessionRunner:
                     is_error=True,
                 )
             if self.state.status != "idle" or (self.state.idle_reason or {}).get("type") == "requires_action":
-                await change_status(tx, self.session_id, "idle", stop_reason={"type": "end_turn"}, force_event=True)
+                await change_status(
+                    tx, self.session_id, "idle", stop_reason={"type": "end_turn"}, force_event=True
+                )
         self.state.consumed(action.interrupt_ids, -1)
         self.state.consumed(action.dropped_inputs, -1)
         await self._refresh()
@@ -248,14 +259,20 @@ class SessionRunner:
             changed = turn_boundary and self.deps.mcp.tools_changed(self.session_id, name)
             if key not in cache or changed:
                 try:
-                    cache[key] = await self.deps.mcp.list_tools(self.session_id, self.deps.resolve_mcp(definition))
+                    cache[key] = await self.deps.mcp.list_tools(
+                        self.session_id, self.deps.resolve_mcp(definition)
+                    )
                 except McpFailure as exc:
                     unavailable[name] = str(exc)
                     cache.pop(key, None)
-                    await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=name)
+                    await self._session_error(
+                        exc.session_error_type, str(exc), "retrying", mcp_server_name=name
+                    )
                     continue
             listings[name] = cache[key]
-        return self.gate.visible(await self._caller(session), session, build_catalog(agent, listings, unavailable))
+        return self.gate.visible(
+            await self._caller(session), session, build_catalog(agent, listings, unavailable)
+        )
 
     async def _offload(self, action: Offload) -> None:
         call = action.call
@@ -264,11 +281,17 @@ class SessionRunner:
         session = await self._session()
         async with self.deps.log.transaction() as tx:
             row = (
-                await tx.conn.execute(sa.select(s.events.c.internal).where(s.events.c.id == call.result_event_id))
+                await tx.conn.execute(
+                    sa.select(s.events.c.internal).where(s.events.c.id == call.result_event_id)
+                )
             ).one()
             internal = dict(row.internal or {})
             internal["model_content"] = [{"type": "text", "text": plan.note}]
-            internal["offload"] = {"path": plan.path, "size_bytes": plan.size_bytes, "tokens": plan.estimated_tokens}
+            internal["offload"] = {
+                "path": plan.path,
+                "size_bytes": plan.size_bytes,
+                "tokens": plan.estimated_tokens,
+            }
             await tx.conn.execute(
                 s.events.update().where(s.events.c.id == call.result_event_id).values(internal=internal)
             )
@@ -291,7 +314,9 @@ class SessionRunner:
                         },
                     }
                 ],
-                internal=[{"step": call.step, "hidden": True, "offload_of": call.event_id, "model_name": "write"}],
+                internal=[
+                    {"step": call.step, "hidden": True, "offload_of": call.event_id, "model_name": "write"}
+                ],
             )
             await self.deps.work.ensure_work(tx, self.session_id, session["environment_id"])
         self.state.offloaded(call.event_id, plan.note)
@@ -362,12 +387,21 @@ class SessionRunner:
         await self._session_error(error_type, message, "exhausted")
         async with self.deps.log.transaction() as tx:
             start = await self._span_start(tx, step, start_id, started)
-            await tx.append(self.session_id, [_span_end(start, None, is_error=True)], internal=[{"step": step}])
-            await change_status(tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True)
+            await tx.append(
+                self.session_id, [_span_end(start, None, is_error=True)], internal=[{"step": step}]
+            )
+            await change_status(
+                tx, self.session_id, "idle", stop_reason={"type": "retries_exhausted"}, force_event=True
+            )
         await self._refresh()
 
     async def _model_with_retries(
-        self, provider: ModelProvider, request: ModelRequest, step: int, start_id: str | None, started: datetime
+        self,
+        provider: ModelProvider,
+        request: ModelRequest,
+        step: int,
+        start_id: str | None,
+        started: datetime,
     ) -> ModelResponse | None:
         settings = self.deps.settings
         attempt = 0
@@ -395,7 +429,7 @@ class SessionRunner:
             async def _work() -> None:
                 try:
                     result.append(await work)
-                except Exception as exc:  # re-raised below, outside the task group, unwrapped
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group, unwrapped
                     failure.append(exc)
                 tg.cancel_scope.cancel()
 
@@ -452,11 +486,20 @@ class SessionRunner:
             name = str(block.get("name"))
             arguments = dict(block.get("input") or {})
             tool = catalog.get(name)
-            allowed, why = (False, "unknown tool") if tool is None else self.gate.check(identity, session, tool, arguments)
+            allowed, why = (
+                (False, "unknown tool")
+                if tool is None
+                else self.gate.check(identity, session, tool, arguments)
+            )
             if tool is None or not allowed:
                 refusals.append((len(events), _refusal_text(name, tool is None)))
                 events.append(
-                    {"type": "agent.tool_use", "name": name, "input": arguments, "evaluated_permission": "deny"}
+                    {
+                        "type": "agent.tool_use",
+                        "name": name,
+                        "input": arguments,
+                        "evaluated_permission": "deny",
+                    }
                 )
                 internals.append({"step": step, "model_name": name, "refused": True, "reason": why})
                 continue
@@ -520,7 +563,11 @@ class SessionRunner:
             appended = await tx.append(self.session_id, batch, internal=batch_internal, stamps=stamps)
             emitted = [e for e in appended if e["id"] in {ev["id"] for ev in events}]
             await self._add_usage(tx, response)
-            tool_uses = [e for e in emitted if e["type"] in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")]
+            tool_uses = [
+                e
+                for e in emitted
+                if e["type"] in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")
+            ]
             if not tool_uses:
                 stop = {"type": "refusal"} if response.stop_reason == "refusal" else {"type": "end_turn"}
                 await change_status(tx, self.session_id, "idle", stop_reason=stop, force_event=True)
@@ -547,7 +594,9 @@ class SessionRunner:
             await self.deps.audit.append(
                 tx.conn,
                 "tool.call",
-                outcome="refused" if internal.get("refused") else str(ev.get("evaluated_permission", "allow")),
+                outcome="refused"
+                if internal.get("refused")
+                else str(ev.get("evaluated_permission", "allow")),
                 session_id=self.session_id,
                 user_id=session.get("owner_user_id"),
                 tool=internal.get("model_name"),
@@ -574,7 +623,12 @@ class SessionRunner:
             (d for d in session["body"]["agent"].get("mcp_servers", []) if d["name"] == call.mcp_server), None
         )
         if definition is None:
-            content = [{"type": "text", "text": f"MCP server {call.mcp_server!r} is no longer attached to this session."}]
+            content = [
+                {
+                    "type": "text",
+                    "text": f"MCP server {call.mcp_server!r} is no longer attached to this session.",
+                }
+            ]
             is_error = True
         else:
             identity = await self._caller(session)
@@ -598,7 +652,9 @@ class SessionRunner:
                 await self._refresh()
                 return
             except McpFailure as exc:
-                await self._session_error(exc.session_error_type, str(exc), "retrying", mcp_server_name=exc.server)
+                await self._session_error(
+                    exc.session_error_type, str(exc), "retrying", mcp_server_name=exc.server
+                )
                 content, is_error = [{"type": "text", "text": f"MCP call failed: {exc}"}], True
             else:
                 content, is_error = result.content, result.is_error
@@ -617,7 +673,9 @@ class SessionRunner:
                 )
         await self._refresh()
 
-    def _identity_meta(self, identity: Identity, call: ToolCall, url: str, attempt: int) -> dict[str, Any] | None:
+    def _identity_meta(
+        self, identity: Identity, call: ToolCall, url: str, attempt: int
+    ) -> dict[str, Any] | None:
         """A signed statement of who is calling, for a gateway inside the perimeter (tunnel hosts only).
 
         Each attempt gets its own token (its jti is the tool-use id plus the attempt): the
@@ -636,7 +694,9 @@ class SessionRunner:
         )
         return {IDENTITY_META_KEY: token}
 
-    async def _record_result(self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool) -> None:
+    async def _record_result(
+        self, tx: Tx, call: ToolCall, content: Sequence[dict[str, Any]], *, is_error: bool
+    ) -> None:
         """A result the control plane itself produced (MCP, interrupted, refused).
 
         An interrupted worker or client call is closed with the same result event a
@@ -644,6 +704,7 @@ class SessionRunner:
         the SDK's session runner treats only those as answers, so any worker that serves
         the session later will not run the interrupted call.
         """
+        event: dict[str, Any]
         if call.kind == "mcp":
             event = {"type": "agent.mcp_tool_result", "mcp_tool_use_id": call.event_id}
         elif call.kind == "builtin":
@@ -652,7 +713,8 @@ class SessionRunner:
             event = {"type": "user.custom_tool_result", "custom_tool_use_id": call.event_id}
         else:
             event = {"type": "agent.tool_result", "tool_use_id": call.event_id}
-        event.update(content=list(content), is_error=is_error)
+        event["content"] = list(content)
+        event["is_error"] = is_error
         await tx.append(self.session_id, [event], internal=[{"step": call.step, "by": "control_plane"}])
 
     async def _session_error(self, error_type: str, message: str, retry_status: str, **extra: Any) -> None:

@@ -82,8 +82,11 @@ class ToolCall:
             if self.offload_error:
                 content = [
                     *content,
-                    {"type": "text", "text": f"(saving the full output failed: {self.offload_error}; "
-                     "only the preview above is available)"},
+                    {
+                        "type": "text",
+                        "text": f"(saving the full output failed: {self.offload_error}; "
+                        "only the preview above is available)",
+                    },
                 ]
         elif self.confirmation == "deny" or self.permission == "deny":
             note = "The user denied this tool call."
@@ -91,8 +94,16 @@ class ToolCall:
                 note += f" Reason: {self.deny_message}"
             content, is_error = [{"type": "text", "text": note}], True
         else:
-            content, is_error = [{"type": "text", "text": "The tool call was interrupted before it finished."}], True
-        return {"type": "tool_result", "tool_use_id": self.event_id, "content": list(content), "is_error": is_error}
+            content, is_error = (
+                [{"type": "text", "text": "The tool call was interrupted before it finished."}],
+                True,
+            )
+        return {
+            "type": "tool_result",
+            "tool_use_id": self.event_id,
+            "content": list(content),
+            "is_error": is_error,
+        }
 
 
 @dataclass(frozen=True)
@@ -141,7 +152,9 @@ class EndTurn:
 @dataclass(frozen=True)
 class Interrupt:
     interrupt_ids: tuple[str, ...]
-    dropped_inputs: tuple[str, ...]  # inputs queued before the interrupt: the turn they asked for is cancelled
+    dropped_inputs: tuple[
+        str, ...
+    ]  # inputs queued before the interrupt: the turn they asked for is cancelled
     open_calls: tuple[str, ...]
 
 
@@ -287,7 +300,11 @@ class TurnState:
         consuming = set(consume)
         inputs_by_step: dict[int, list[ContentBlock]] = {}
         for item in self.inputs:
-            at = self.step + 1 if item.consumed_step is None and item.event_id in consuming else item.consumed_step
+            at = (
+                self.step + 1
+                if item.consumed_step is None and item.event_id in consuming
+                else item.consumed_step
+            )
             if at is not None and at > 0:
                 inputs_by_step.setdefault(at, []).extend(item.blocks)
         runs: list[tuple[Literal["user", "assistant"], list[ContentBlock]]] = []
@@ -329,7 +346,9 @@ def _result_blocks(event: dict[str, Any], internal: dict[str, Any]) -> list[Cont
         if b.get("type") in ("text", "image", "document"):
             blocks.append(dict(b))
         elif b.get("type") == "search_result":
-            blocks.append({"type": "text", "text": "\n".join(c.get("text", "") for c in b.get("content", []))})
+            blocks.append(
+                {"type": "text", "text": "\n".join(c.get("text", "") for c in b.get("content", []))}
+            )
     return blocks or [{"type": "text", "text": "(no output)"}]
 
 
@@ -345,12 +364,18 @@ def decide(state: TurnState) -> Action:
     if state.interrupts:
         first_interrupt = min(seq for seq, _ in state.interrupts)
         dropped = tuple(i.event_id for i in state.pending_inputs() if i.seq < first_interrupt)
-        return Interrupt(tuple(i for _, i in state.interrupts), dropped, tuple(c.event_id for c in open_calls))
+        return Interrupt(
+            tuple(i for _, i in state.interrupts), dropped, tuple(c.event_id for c in open_calls)
+        )
     for c in calls:
         if c.result is not None and not c.offloaded and not c.hidden and c.result_tokens > state.threshold(c):
             return Offload(c, state.threshold(c))
     if open_calls:
-        runnable = [c for c in open_calls if c.kind == "mcp" and (c.permission == "allow" or c.confirmation == "allow")]
+        runnable = [
+            c
+            for c in open_calls
+            if c.kind == "mcp" and (c.permission == "allow" or c.confirmation == "allow")
+        ]
         if runnable:
             return RunMcp(runnable[0])
         blocking = tuple(

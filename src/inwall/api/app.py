@@ -22,7 +22,7 @@ def build_fastapi(plane: ControlPlane) -> FastAPI:
     app = FastAPI(
         title="inwall control plane",
         version=__version__,
-        description="A self-hosted Managed Agents API: agents, environments, sessions, events, work queues, tunnels.",
+        description="A self-hosted Managed Agents API: agents, environments, sessions, events, tunnels.",
         docs_url=None,
         redoc_url=None,
     )

@@ -3,4 +3,13 @@
 from inwall.audit.chain import GENESIS, Problem, Report, canonical_json, seal, verify_lines
 from inwall.audit.log import AuditLog, verify_file
 
-__all__ = ["GENESIS", "AuditLog", "Problem", "Report", "canonical_json", "seal", "verify_file", "verify_lines"]
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "Problem",
+    "Report",
+    "canonical_json",
+    "seal",
+    "verify_file",
+    "verify_lines",
+]

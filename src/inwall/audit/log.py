@@ -32,7 +32,11 @@ def scrub(value: Any) -> Any:
     """Replace any value stored under a secret-looking key; defence in depth for callers."""
     if isinstance(value, Mapping):
         return {
-            k: (_REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else scrub(v))
+            k: (
+                _REDACTED
+                if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
+                else scrub(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -138,8 +142,14 @@ def verify_file(path: str | os.PathLike[str], *, key: bytes | None = None) -> Re
         else:
             if seq > report.last_seq:
                 report.problems.append(
-                    Problem(report.records, "truncated", f"head names seq {seq} but the log ends at {report.last_seq}")
+                    Problem(
+                        report.records,
+                        "truncated",
+                        f"head names seq {seq} but the log ends at {report.last_seq}",
+                    )
                 )
             elif seq == report.last_seq and hash_ != report.last_hash:
-                report.problems.append(Problem(report.records, "hash_mismatch", "the last record differs from the head"))
+                report.problems.append(
+                    Problem(report.records, "hash_mismatch", "the last record differs from the head")
+                )
     return report

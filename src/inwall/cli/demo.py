@@ -14,7 +14,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="model id (default: Claude when ANTHROPIC_API_KEY is set, otherwise the scripted model)",
     )
 
-
     parser.add_argument(
         "--unsandboxed",
         action="store_true",

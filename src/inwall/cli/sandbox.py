@@ -11,7 +11,6 @@ default 65534), so the workdir must belong to that uid; a root-owned workdir
 is refused with the command that makes a suitable one.
 """
 
-# ruff: noqa: PLC0415 - imports are deferred on purpose: start-up time is part of every sandboxed command
 from __future__ import annotations
 
 import argparse

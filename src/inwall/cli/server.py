@@ -11,9 +11,13 @@ __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, type=Path, help="where the database and keys live (created 0700)")
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="where the database and keys live (created 0700)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8700, help="port to listen on (default 8700; 0 picks a free one)")
+    parser.add_argument(
+        "--port", type=int, default=8700, help="port to listen on (default 8700; 0 picks a free one)"
+    )
     parser.add_argument(
         "--database-url",
         help="SQLAlchemy async URL, e.g. postgresql+asyncpg://... (default: SQLite in the data dir; "
@@ -21,9 +25,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--policy", type=Path, help="Cedar policy file for tool governance (hot-reloaded)")
     parser.add_argument(
-        "--mcp-credentials", type=Path, help="TOML file mapping MCP server URL prefixes to static bearer credentials"
+        "--mcp-credentials",
+        type=Path,
+        help="TOML file mapping MCP server URL prefixes to static bearer credentials",
     )
-    parser.add_argument("--oidc-issuer", help="accept end-user OIDC ID tokens from this issuer (e.g. Entra ID, Google)")
+    parser.add_argument(
+        "--oidc-issuer", help="accept end-user OIDC ID tokens from this issuer (e.g. Entra ID, Google)"
+    )
     parser.add_argument("--oidc-audience", help="the audience (client id) those ID tokens must carry")
     parser.add_argument("--oidc-jwks-url", help="JWKS URL (default: discovered from the issuer)")
     parser.add_argument("--oidc-roles-claim", default="groups", help="claim holding the end user's roles")
@@ -39,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from inwall.server.settings import ServerSettings
 
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     settings = ServerSettings.from_env(
         args.data_dir.resolve(),
@@ -58,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            bound = await tg.start(lambda task_status: serve(settings, install_signal_handlers=True, task_status=task_status))
+            bound = await tg.start(
+                lambda task_status: serve(settings, install_signal_handlers=True, task_status=task_status)
+            )
             logging.getLogger("inwall.server").info("inwall server ready on %s", bound.base_url)
 
     try:

@@ -29,10 +29,14 @@ class AgentService:
         body = agent_body(params)
         async with self._db.write() as conn:
             await conn.execute(s.agents.insert().values(id=agent_id, version=1, created_at=at, updated_at=at))
-            await conn.execute(s.agent_versions.insert().values(agent_id=agent_id, version=1, body=body, created_at=at))
+            await conn.execute(
+                s.agent_versions.insert().values(agent_id=agent_id, version=1, body=body, created_at=at)
+            )
         return render_agent(agent_id, 1, body, ts(at) or "", ts(at) or "", None)
 
-    async def get(self, agent_id: str, version: int | None = None, conn: AsyncConnection | None = None) -> dict[str, Any]:
+    async def get(
+        self, agent_id: str, version: int | None = None, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
         if conn is None:
             async with self._db.read() as c:
                 return await self.get(agent_id, version, c)
@@ -57,7 +61,9 @@ class AgentService:
 
     async def update(self, agent_id: str, params: AgentUpdate) -> dict[str, Any]:
         async with self._db.write() as conn:
-            head = (await conn.execute(sa.select(s.agents).where(s.agents.c.id == agent_id))).mappings().first()
+            head = (
+                (await conn.execute(sa.select(s.agents).where(s.agents.c.id == agent_id))).mappings().first()
+            )
             if head is None:
                 raise NotFound(f"agent {agent_id} not found")
             if head["archived_at"] is not None:
@@ -78,17 +84,23 @@ class AgentService:
                 s.agents.update().where(s.agents.c.id == agent_id).values(version=version, updated_at=at)
             )
             await conn.execute(
-                s.agent_versions.insert().values(agent_id=agent_id, version=version, body=new_body, created_at=at)
+                s.agent_versions.insert().values(
+                    agent_id=agent_id, version=version, body=new_body, created_at=at
+                )
             )
             return render_agent(agent_id, version, new_body, ts(head["created_at"]) or "", ts(at) or "", None)
 
     async def archive(self, agent_id: str) -> dict[str, Any]:
         async with self._db.write() as conn:
-            head = (await conn.execute(sa.select(s.agents).where(s.agents.c.id == agent_id))).mappings().first()
+            head = (
+                (await conn.execute(sa.select(s.agents).where(s.agents.c.id == agent_id))).mappings().first()
+            )
             if head is None:
                 raise NotFound(f"agent {agent_id} not found")
             if head["archived_at"] is None:
-                await conn.execute(s.agents.update().where(s.agents.c.id == agent_id).values(archived_at=now()))
+                await conn.execute(
+                    s.agents.update().where(s.agents.c.id == agent_id).values(archived_at=now())
+                )
             return await self.get(agent_id, None, conn)
 
     async def list(
@@ -116,7 +128,9 @@ class AgentService:
             items = [await self.get(i, None, conn) for i in ids]
         return page(items, n, lambda a: a["id"])
 
-    async def list_versions(self, agent_id: str, *, limit: int | None, page_cursor: str | None) -> dict[str, Any]:
+    async def list_versions(
+        self, agent_id: str, *, limit: int | None, page_cursor: str | None
+    ) -> dict[str, Any]:
         n = resolve_limit(limit, maximum=100)
         before = decode_cursor(page_cursor)
         async with self._db.read() as conn:

@@ -61,7 +61,7 @@ class ControlAudit:
         user_id: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Seal one record inside the caller's transaction: it commits, or vanishes, with what it describes."""
+        """Seal one record in the caller's transaction: it commits, or vanishes, with what it describes."""
         at = now()
         body = {
             "ts": ts(at),
@@ -71,7 +71,11 @@ class ControlAudit:
             "user_id": user_id,
             **scrub(fields),
         }
-        q = sa.select(s.audit_records.c.seq, s.audit_records.c.hash).order_by(s.audit_records.c.seq.desc()).limit(1)
+        q = (
+            sa.select(s.audit_records.c.seq, s.audit_records.c.hash)
+            .order_by(s.audit_records.c.seq.desc())
+            .limit(1)
+        )
         if not self._db.is_sqlite:
             q = q.with_for_update()
         last = (await conn.execute(q)).first()
@@ -99,10 +103,16 @@ class ControlAudit:
         except Exception:
             log.exception("could not write an audit record kind=%s", kind)
 
-    async def list(self, *, limit: int | None, page_cursor: str | None, filters: Mapping[str, Any]) -> dict[str, Any]:
+    async def list(
+        self, *, limit: int | None, page_cursor: str | None, filters: Mapping[str, Any]
+    ) -> dict[str, Any]:
         n = resolve_limit(limit, default=100)
         after = decode_cursor(page_cursor)
-        q = sa.select(s.audit_records.c.seq, s.audit_records.c.record).order_by(s.audit_records.c.seq).limit(n + 1)
+        q = (
+            sa.select(s.audit_records.c.seq, s.audit_records.c.record)
+            .order_by(s.audit_records.c.seq)
+            .limit(n + 1)
+        )
         if after is not None:
             q = q.where(s.audit_records.c.seq > int(after))
         for column in ("kind", "session_id", "user_id", "outcome"):
@@ -142,7 +152,9 @@ class ControlAudit:
             if not rows:
                 return
             for r in rows:
-                yield (json.dumps(r.record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+                yield (
+                    json.dumps(r.record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                ).encode()
             after = rows[-1].seq
 
 

@@ -33,7 +33,7 @@ __all__ = [
 
 PrincipalKind = Literal["admin", "user", "environment", "session"]
 KEY_PREFIXES = {"admin": "sk-inwall-admin-", "user": "sk-inwall-user-", "environment": "sk-inwall-env-"}
-SESSION_TOKEN_PREFIX = "iwst_"
+SESSION_TOKEN_PREFIX = "iwst_"  # noqa: S105 - a prefix, not a secret
 _CACHE_TTL_S = 5.0
 
 
@@ -154,7 +154,9 @@ class KeyStore:
 
     async def exists(self, plaintext: str) -> bool:
         async with self._db.read() as conn:
-            row = await conn.execute(sa.select(s.api_keys.c.id).where(s.api_keys.c.key_hash == hash_key(plaintext)))
+            row = await conn.execute(
+                sa.select(s.api_keys.c.id).where(s.api_keys.c.key_hash == hash_key(plaintext))
+            )
             return row.first() is not None
 
     async def count(self, kind: str) -> int:
@@ -204,7 +206,9 @@ class KeyStore:
     async def _session_principal(self, token: str) -> Principal:
         claims = self._tokens.verify(token)
         async with self._db.read() as conn:
-            q = sa.select(s.work_items.c.state, s.work_items.c.session_id).where(s.work_items.c.id == claims["wid"])
+            q = sa.select(s.work_items.c.state, s.work_items.c.session_id).where(
+                s.work_items.c.id == claims["wid"]
+            )
             row = (await conn.execute(q)).first()
         if row is None or row.state == "stopped" or row.session_id != claims["sid"]:
             raise AuthError("session token is no longer valid: its work item has stopped")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["EventBus", "Subscription"]
 
@@ -56,7 +56,11 @@ class Subscription:
     """One live reader of a session's events; ``close`` is idempotent."""
 
     def __init__(
-        self, bus: EventBus, session_id: str, send: ObjectSendStream[Event], receive: ObjectReceiveStream[Event]
+        self,
+        bus: EventBus,
+        session_id: str,
+        send: MemoryObjectSendStream[Event],
+        receive: MemoryObjectReceiveStream[Event],
     ) -> None:
         self._bus = bus
         self._session_id = session_id
@@ -73,7 +77,7 @@ class EventBus:
     def __init__(self, *, buffer: int = 1024) -> None:
         self._buffer = buffer
         self.on_wake: Callable[[str], None] | None = None
-        self._subscribers: dict[str, set[ObjectSendStream[Event]]] = defaultdict(set)
+        self._subscribers: dict[str, set[MemoryObjectSendStream[Event]]] = defaultdict(set)
         self._work_waiters: dict[str, set[anyio.Event]] = defaultdict(set)
         self._session_signals: dict[str, _Signal] = defaultdict(_Signal)
 
@@ -85,7 +89,7 @@ class EventBus:
         self._subscribers[session_id].add(send)
         return Subscription(self, session_id, send, receive)
 
-    def _drop(self, session_id: str, send: ObjectSendStream[Event]) -> None:
+    def _drop(self, session_id: str, send: MemoryObjectSendStream[Event]) -> None:
         subs = self._subscribers.get(session_id)
         if subs is not None:
             subs.discard(send)
@@ -93,7 +97,7 @@ class EventBus:
                 del self._subscribers[session_id]
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, session_id: str) -> AsyncIterator[ObjectReceiveStream[Event]]:
+    async def subscribe(self, session_id: str) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
         sub = self.open(session_id)
         try:
             yield sub.events

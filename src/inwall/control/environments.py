@@ -50,14 +50,20 @@ class EnvironmentService:
             "scope": params.scope or "organization",
         }
         async with self._db.write() as conn:
-            await conn.execute(s.environments.insert().values(id=env_id, body=body, created_at=at, updated_at=at))
+            await conn.execute(
+                s.environments.insert().values(id=env_id, body=body, created_at=at, updated_at=at)
+            )
             return await self.get(env_id, conn)
 
     async def get(self, env_id: str, conn: AsyncConnection | None = None) -> dict[str, Any]:
         if conn is None:
             async with self._db.read() as c:
                 return await self.get(env_id, c)
-        row = (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id))).mappings().first()
+        row = (
+            (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id)))
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
         return _render(row)
@@ -75,7 +81,9 @@ class EnvironmentService:
     async def update(self, env_id: str, params: EnvironmentUpdate) -> dict[str, Any]:
         async with self._db.write() as conn:
             row = (
-                (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id))).mappings().first()
+                (await conn.execute(sa.select(s.environments).where(s.environments.c.id == env_id)))
+                .mappings()
+                .first()
             )
             if row is None:
                 raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
@@ -109,7 +117,9 @@ class EnvironmentService:
                     raise InvalidInput("metadata may hold at most 16 pairs", error_code="invalid_metadata")
                 body["metadata"] = meta
             await conn.execute(
-                s.environments.update().where(s.environments.c.id == env_id).values(body=body, updated_at=now())
+                s.environments.update()
+                .where(s.environments.c.id == env_id)
+                .values(body=body, updated_at=now())
             )
             return await self.get(env_id, conn)
 
@@ -143,7 +153,9 @@ class EnvironmentService:
             await conn.execute(s.environments.delete().where(s.environments.c.id == env_id))
         return {"id": env_id, "type": "environment_deleted"}
 
-    async def list(self, *, limit: int | None, page_cursor: str | None, include_archived: bool) -> dict[str, Any]:
+    async def list(
+        self, *, limit: int | None, page_cursor: str | None, include_archived: bool
+    ) -> dict[str, Any]:
         n = resolve_limit(limit)
         after = decode_cursor(page_cursor)
         q = sa.select(s.environments).order_by(s.environments.c.id.desc()).limit(n + 1)

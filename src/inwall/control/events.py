@@ -101,7 +101,11 @@ class Tx:
             event_id = str(ev.get("id") or new_id("sevt"))
             stamp = (stamps[i] if stamps is not None else None) or at
             processed = None if queued else stamp
-            body = {"id": event_id, **{k: v for k, v in ev.items() if k != "id"}, "processed_at": ts(processed)}
+            body = {
+                "id": event_id,
+                **{k: v for k, v in ev.items() if k != "id"},
+                "processed_at": ts(processed),
+            }
             ref_id, ref_kind = ref_of(body)
             rows.append(
                 {
@@ -184,11 +188,15 @@ class EventLog:
         for session_id in tx.closed_sessions:
             self.bus.close_session(session_id)
 
-    async def emit(self, session_id: str, events: Sequence[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]:
+    async def emit(
+        self, session_id: str, events: Sequence[dict[str, Any]], **kw: Any
+    ) -> list[dict[str, Any]]:
         async with self.transaction() as tx:
             return await tx.append(session_id, events, **kw)
 
-    async def since(self, session_id: str, after_seq: int, conn: AsyncConnection | None = None) -> list[LoggedEvent]:
+    async def since(
+        self, session_id: str, after_seq: int, conn: AsyncConnection | None = None
+    ) -> list[LoggedEvent]:
         if conn is None:
             async with self._db.read() as c:
                 return await self.since(session_id, after_seq, c)
@@ -243,4 +251,7 @@ class EventLog:
             rows = (await conn.execute(q)).all()
         more = len(rows) > n
         rows = rows[:n]
-        return {"data": [r.body for r in rows], "next_page": encode_cursor(rows[-1].seq) if more and rows else None}
+        return {
+            "data": [r.body for r in rows],
+            "next_page": encode_cursor(rows[-1].seq) if more and rows else None,
+        }

@@ -42,10 +42,19 @@ __all__ = ["SessionService", "render_session"]
 
 WORKER_EVENT_TYPES = frozenset({"user.tool_result", "user.custom_tool_result"})
 QUEUED_EVENT_TYPES = frozenset({"user.message", "user.interrupt", "system.message"})
-SNAPSHOT_KEYS = ("name", "description", "system", "model", "tools", "mcp_servers", "skills", "execution_identity")
+SNAPSHOT_KEYS = (
+    "name",
+    "description",
+    "system",
+    "model",
+    "tools",
+    "mcp_servers",
+    "skills",
+    "execution_identity",
+)
 
 
-def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
+def render_session(row: Mapping[Any, Any]) -> dict[str, Any]:
     body = row["body"]
     created = utc(row["created_at"])
     end = utc(row["archived_at"]) if row["status"] == "terminated" and row["archived_at"] else now()
@@ -81,7 +90,9 @@ def render_session(row: Mapping[str, Any]) -> dict[str, Any]:
         # idle, and whom it acts for when an end user's OIDC token was presented.
         "stop_reason": body.get("stop_reason"),
         "acting_for": (
-            {k: body["acting_for"][k] for k in ("user_id", "kind", "roles", "name")} if body.get("acting_for") else None
+            {k: body["acting_for"][k] for k in ("user_id", "kind", "roles", "name")}
+            if body.get("acting_for")
+            else None
         ),
     }
 
@@ -106,21 +117,27 @@ class SessionService:
     # -- access ----------------------------------------------------------------------
 
     @staticmethod
-    def visible(row: Mapping[str, Any], who: Principal) -> bool:
+    def visible(row: Mapping[Any, Any], who: Principal) -> bool:
         if who.kind == "admin":
             return True
         if who.kind == "user":
-            return row["owner_user_id"] == who.user_id
+            return bool(row["owner_user_id"] == who.user_id)
         if who.kind == "environment":
-            return row["environment_id"] == who.environment_id
-        return row["id"] == who.session_id
+            return bool(row["environment_id"] == who.environment_id)
+        return bool(row["id"] == who.session_id)
 
-    async def _row(self, conn: AsyncConnection, session_id: str, who: Principal) -> Mapping[str, Any]:
+    async def _row(self, conn: AsyncConnection, session_id: str, who: Principal) -> Mapping[Any, Any]:
         row = (
-            await conn.execute(
-                sa.select(s.sessions).where(s.sessions.c.id == session_id, s.sessions.c.deleted_at.is_(None))
+            (
+                await conn.execute(
+                    sa.select(s.sessions).where(
+                        s.sessions.c.id == session_id, s.sessions.c.deleted_at.is_(None)
+                    )
+                )
             )
-        ).mappings().first()
+            .mappings()
+            .first()
+        )
         if row is None or not self.visible(row, who):
             # Not-visible and not-existing read the same: ids of other tenants are not disclosed.
             raise NotFound(f"session {session_id} not found")
@@ -130,13 +147,15 @@ class SessionService:
         async with self._db.read() as conn:
             return render_session(await self._row(conn, session_id, who))
 
-    async def require(self, session_id: str, who: Principal) -> Mapping[str, Any]:
+    async def require(self, session_id: str, who: Principal) -> Mapping[Any, Any]:
         async with self._db.read() as conn:
             return await self._row(conn, session_id, who)
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def _snapshot(self, conn: AsyncConnection, ref: str | AgentRef | AgentWithOverrides) -> dict[str, Any]:
+    async def _snapshot(
+        self, conn: AsyncConnection, ref: str | AgentRef | AgentWithOverrides
+    ) -> dict[str, Any]:
         agent_id = ref if isinstance(ref, str) else ref.id
         version = None if isinstance(ref, str) else ref.version
         agent = await self._agents.get(agent_id, version, conn)
@@ -244,9 +263,13 @@ class SessionService:
                 changed["agent"] = agent
             if changed:
                 await tx.conn.execute(
-                    s.sessions.update().where(s.sessions.c.id == session_id).values(body=body, updated_at=now())
+                    s.sessions.update()
+                    .where(s.sessions.c.id == session_id)
+                    .values(body=body, updated_at=now())
                 )
-                await tx.append(session_id, [{"type": "session.updated", **changed}], internal=[{"by": who.kind}])
+                await tx.append(
+                    session_id, [{"type": "session.updated", **changed}], internal=[{"by": who.kind}]
+                )
             return render_session(await self._row(tx.conn, session_id, who))
 
     async def archive(self, session_id: str, who: Principal) -> dict[str, Any]:
@@ -328,18 +351,26 @@ class SessionService:
                 await self._check_reference(tx, session_id, payload)
                 internal = {"by": who.kind, "user_id": who.user_id, "work_id": who.work_id}
                 echoed.extend(
-                    await tx.append(session_id, [payload], internal=[internal], queued=kind in QUEUED_EVENT_TYPES)
+                    await tx.append(
+                        session_id, [payload], internal=[internal], queued=kind in QUEUED_EVENT_TYPES
+                    )
                 )
                 if kind == "user.message":
                     await self._work.ensure_work(tx, session_id, row["environment_id"])
             if self._audit is not None:
                 for ev in echoed:
-                    if ev["type"] in ("user.tool_result", "user.custom_tool_result", "user.tool_confirmation"):
+                    if ev["type"] in (
+                        "user.tool_result",
+                        "user.custom_tool_result",
+                        "user.tool_confirmation",
+                    ):
                         confirmation = ev["type"] == "user.tool_confirmation"
                         await self._audit.append(
                             tx.conn,
                             "tool.confirmation" if confirmation else "tool.result",
-                            outcome=str(ev.get("result")) if confirmation else ("error" if ev.get("is_error") else "ok"),
+                            outcome=str(ev.get("result"))
+                            if confirmation
+                            else ("error" if ev.get("is_error") else "ok"),
                             session_id=session_id,
                             user_id=row["owner_user_id"],
                             tool_use_id=ev.get("tool_use_id") or ev.get("custom_tool_use_id"),
@@ -368,7 +399,9 @@ class SessionService:
             event = (
                 await conn.execute(
                     sa.select(s.events.c.body, s.events.c.internal)
-                    .where(s.events.c.session_id == session_id, s.events.c.type == "agent.tool_use", ~has_result)
+                    .where(
+                        s.events.c.session_id == session_id, s.events.c.type == "agent.tool_use", ~has_result
+                    )
                     .order_by(s.events.c.seq)
                     .limit(1)
                 )
@@ -382,7 +415,11 @@ class SessionService:
         expected = {
             "user.tool_result": ("tool_use_id", ("agent.tool_use",), "result"),
             "user.custom_tool_result": ("custom_tool_use_id", ("agent.custom_tool_use",), "result"),
-            "user.tool_confirmation": ("tool_use_id", ("agent.tool_use", "agent.mcp_tool_use"), "confirmation"),
+            "user.tool_confirmation": (
+                "tool_use_id",
+                ("agent.tool_use", "agent.mcp_tool_use"),
+                "confirmation",
+            ),
         }.get(kind)
         if expected is None:
             return
@@ -391,8 +428,9 @@ class SessionService:
         # One round trip: the tool-use event itself and every answer already recorded for it.
         rows = (
             await tx.conn.execute(
-                sa.select(s.events.c.id, s.events.c.type, s.events.c.body, s.events.c.internal, s.events.c.ref_kind)
-                .where(
+                sa.select(
+                    s.events.c.id, s.events.c.type, s.events.c.body, s.events.c.internal, s.events.c.ref_kind
+                ).where(
                     s.events.c.session_id == session_id,
                     sa.or_(s.events.c.id == target_id, s.events.c.ref_id == target_id),
                 )
@@ -400,7 +438,9 @@ class SessionService:
         ).all()
         target = next((r for r in rows if r.id == target_id), None)
         if target is None or target.type not in types:
-            raise InvalidInput(f"{field} {target_id!r} does not name an {' or '.join(types)} event of this session")
+            raise InvalidInput(
+                f"{field} {target_id!r} does not name an {' or '.join(types)} event of this session"
+            )
         if (target.internal or {}).get("refused"):
             raise Conflict(f"tool use {target_id} was refused by the control plane and takes no {ref_kind}")
         refs = {r.ref_kind: r.body for r in rows if r.id != target_id and r.ref_kind}

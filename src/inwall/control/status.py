@@ -29,9 +29,7 @@ _EVENT = {
 
 
 async def current_status(tx: Tx, session_id: str) -> str | None:
-    row = (
-        await tx.conn.execute(sa.select(s.sessions.c.status).where(s.sessions.c.id == session_id))
-    ).first()
+    row = (await tx.conn.execute(sa.select(s.sessions.c.status).where(s.sessions.c.id == session_id))).first()
     return None if row is None else str(row.status)
 
 
@@ -50,8 +48,12 @@ async def change_status(
     """
     row = (
         await tx.conn.execute(
-            sa.select(s.sessions.c.status, s.sessions.c.body, s.sessions.c.running_since, s.sessions.c.active_seconds)
-            .where(s.sessions.c.id == session_id)
+            sa.select(
+                s.sessions.c.status,
+                s.sessions.c.body,
+                s.sessions.c.running_since,
+                s.sessions.c.active_seconds,
+            ).where(s.sessions.c.id == session_id)
         )
     ).first()
     if row is None or row.status == "terminated":
@@ -66,7 +68,9 @@ async def change_status(
         values["running_since"] = at
     if status != "running" and row.running_since is not None:
         values["running_since"] = None
-        values["active_seconds"] = float(row.active_seconds or 0.0) + (at - (utc(row.running_since) or at)).total_seconds()
+        values["active_seconds"] = (
+            float(row.active_seconds or 0.0) + (at - (utc(row.running_since) or at)).total_seconds()
+        )
     body["stop_reason"] = stop_reason if status == "idle" else None
     values["body"] = body
     await tx.conn.execute(s.sessions.update().where(s.sessions.c.id == session_id).values(**values))

@@ -8,6 +8,7 @@ rotated token stops opening connections the moment the row changes.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ __all__ = ["TunnelService"]
 
 MAX_PEM_BYTES = 8 * 1024
 MAX_ACTIVE_CERTIFICATES = 2
-TOKEN_PREFIX = "iwtt_"
+TOKEN_PREFIX = "iwtt_"  # noqa: S105 - a prefix, not a secret
 
 
 def _render(row: Any) -> dict[str, Any]:
@@ -73,7 +74,9 @@ class TunnelService:
     ) -> None:
         self._db = db
         self._aead = AESGCM(
-            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"inwall-tunnel-token").derive(server_key)
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"inwall-tunnel-token").derive(
+                server_key
+            )
         )
         self.domain_suffix = domain_suffix.lower().strip(".")
         self.on_revoke = on_revoke
@@ -124,7 +127,9 @@ class TunnelService:
         async with self._db.read() as conn:
             return _render(await self._row(conn, tunnel_id))
 
-    async def list(self, *, limit: int | None, page_cursor: str | None, include_archived: bool) -> dict[str, Any]:
+    async def list(
+        self, *, limit: int | None, page_cursor: str | None, include_archived: bool
+    ) -> dict[str, Any]:
         n = resolve_limit(limit)
         after = decode_cursor(page_cursor)
         q = sa.select(s.tunnels).order_by(s.tunnels.c.id.desc()).limit(n + 1)
@@ -142,10 +147,15 @@ class TunnelService:
             already = row["archived_at"] is not None
             if not already:
                 at = now()
-                await conn.execute(s.tunnels.update().where(s.tunnels.c.id == tunnel_id).values(archived_at=at))
+                await conn.execute(
+                    s.tunnels.update().where(s.tunnels.c.id == tunnel_id).values(archived_at=at)
+                )
                 await conn.execute(
                     s.tunnel_certificates.update()
-                    .where(s.tunnel_certificates.c.tunnel_id == tunnel_id, s.tunnel_certificates.c.archived_at.is_(None))
+                    .where(
+                        s.tunnel_certificates.c.tunnel_id == tunnel_id,
+                        s.tunnel_certificates.c.archived_at.is_(None),
+                    )
                     .values(archived_at=at)
                 )
             result = _render(await self._row(conn, tunnel_id))
@@ -174,7 +184,9 @@ class TunnelService:
             await conn.execute(
                 s.tunnels.update()
                 .where(s.tunnels.c.id == tunnel_id)
-                .values(token_id=token_id, token_sealed=self._seal(token, tunnel_id), token_hash=self._hash(token))
+                .values(
+                    token_id=token_id, token_sealed=self._seal(token, tunnel_id), token_hash=self._hash(token)
+                )
             )
         if self.on_revoke is not None:
             await self.on_revoke(tunnel_id, row["token_id"], self.rotation_grace_s)
@@ -192,7 +204,8 @@ class TunnelService:
             active = (
                 await conn.execute(
                     sa.select(s.tunnel_certificates.c.fingerprint).where(
-                        s.tunnel_certificates.c.tunnel_id == tunnel_id, s.tunnel_certificates.c.archived_at.is_(None)
+                        s.tunnel_certificates.c.tunnel_id == tunnel_id,
+                        s.tunnel_certificates.c.archived_at.is_(None),
                     )
                 )
             ).all()
@@ -217,12 +230,16 @@ class TunnelService:
 
     async def _cert(self, conn: AsyncConnection, tunnel_id: str, cert_id: str) -> dict[str, Any]:
         row = (
-            await conn.execute(
-                sa.select(s.tunnel_certificates).where(
-                    s.tunnel_certificates.c.id == cert_id, s.tunnel_certificates.c.tunnel_id == tunnel_id
+            (
+                await conn.execute(
+                    sa.select(s.tunnel_certificates).where(
+                        s.tunnel_certificates.c.id == cert_id, s.tunnel_certificates.c.tunnel_id == tunnel_id
+                    )
                 )
             )
-        ).mappings().first()
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"certificate {cert_id} not found on tunnel {tunnel_id}")
         return _render_cert(row)
@@ -238,7 +255,9 @@ class TunnelService:
             current = await self._cert(conn, tunnel_id, cert_id)
             if current["archived_at"] is None:
                 await conn.execute(
-                    s.tunnel_certificates.update().where(s.tunnel_certificates.c.id == cert_id).values(archived_at=now())
+                    s.tunnel_certificates.update()
+                    .where(s.tunnel_certificates.c.id == cert_id)
+                    .values(archived_at=now())
                 )
             return await self._cert(conn, tunnel_id, cert_id)
 
@@ -267,17 +286,20 @@ class TunnelService:
     async def authenticate(self, token: str) -> TunnelAuth | None:
         async with self._db.read() as conn:
             row = (
-                await conn.execute(sa.select(s.tunnels).where(s.tunnels.c.token_hash == self._hash(token)))
-            ).mappings().first()
+                (await conn.execute(sa.select(s.tunnels).where(s.tunnels.c.token_hash == self._hash(token))))
+                .mappings()
+                .first()
+            )
         if row is None or row["archived_at"] is not None:
             return None
         return TunnelAuth(tunnel_id=row["id"], domain=row["domain"], token_id=row["token_id"])
 
-    async def trusted_ca_pems(self, tunnel_id: str) -> list[str]:
+    async def trusted_ca_pems(self, tunnel_id: str) -> builtins.list[str]:
         async with self._db.read() as conn:
             rows = await conn.execute(
                 sa.select(s.tunnel_certificates.c.pem).where(
-                    s.tunnel_certificates.c.tunnel_id == tunnel_id, s.tunnel_certificates.c.archived_at.is_(None)
+                    s.tunnel_certificates.c.tunnel_id == tunnel_id,
+                    s.tunnel_certificates.c.archived_at.is_(None),
                 )
             )
             return [r.pem for r in rows]
@@ -287,7 +309,11 @@ class TunnelService:
         if domain is None:
             return None
         async with self._db.read() as conn:
-            row = (await conn.execute(sa.select(s.tunnels).where(s.tunnels.c.domain == domain))).mappings().first()
+            row = (
+                (await conn.execute(sa.select(s.tunnels).where(s.tunnels.c.domain == domain)))
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         return TunnelAuth(tunnel_id=row["id"], domain=row["domain"], token_id=row["token_id"])

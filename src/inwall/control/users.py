@@ -41,7 +41,9 @@ class UserService:
         at = now()
         async with self._db.write() as conn:
             await conn.execute(
-                s.users.insert().values(id=user_id, name=name, roles=sorted(set(roles)), created_at=at, updated_at=at)
+                s.users.insert().values(
+                    id=user_id, name=name, roles=sorted(set(roles)), created_at=at, updated_at=at
+                )
             )
             return _render(await self._row(conn, user_id))
 
@@ -75,7 +77,9 @@ class UserService:
             row = await self._row(conn, user_id)
             if row["disabled_at"] is None:
                 await conn.execute(
-                    s.users.update().where(s.users.c.id == user_id).values(disabled_at=now(), updated_at=now())
+                    s.users.update()
+                    .where(s.users.c.id == user_id)
+                    .values(disabled_at=now(), updated_at=now())
                 )
             result = _render(await self._row(conn, user_id))
         await self._keys.revoke_for_user(user_id)
@@ -88,7 +92,9 @@ class UserService:
         key_id, key = await self._keys.create("user", user_id=user_id)
         return {"type": "api_key", "id": key_id, "user_id": user_id, "key": key}
 
-    async def list(self, *, limit: int | None, page_cursor: str | None, include_disabled: bool) -> dict[str, Any]:
+    async def list(
+        self, *, limit: int | None, page_cursor: str | None, include_disabled: bool
+    ) -> dict[str, Any]:
         n = resolve_limit(limit)
         after = decode_cursor(page_cursor)
         q = sa.select(s.users).order_by(s.users.c.id).limit(n + 1)

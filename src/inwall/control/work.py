@@ -57,7 +57,13 @@ def render(row: Any, *, secret: str | None = None) -> dict[str, Any]:
 
 class WorkQueue:
     def __init__(
-        self, db: Database, log_: EventLog, tokens: SessionTokens, *, lease_ttl_s: int = 30, reap_interval_s: float = 0.5
+        self,
+        db: Database,
+        log_: EventLog,
+        tokens: SessionTokens,
+        *,
+        lease_ttl_s: int = 30,
+        reap_interval_s: float = 0.5,
     ) -> None:
         self._db = db
         self._log = log_
@@ -108,13 +114,20 @@ class WorkQueue:
     # -- the worker protocol -----------------------------------------------------
 
     async def poll(
-        self, environment_id: str, *, worker_id: str | None, block_ms: int | None, reclaim_older_than_ms: int | None
+        self,
+        environment_id: str,
+        *,
+        worker_id: str | None,
+        block_ms: int | None,
+        reclaim_older_than_ms: int | None,
     ) -> dict[str, Any] | None:
         if block_ms is not None and not 1 <= block_ms <= 999:
             raise InvalidInput("block_ms must be between 1 and 999")
         if reclaim_older_than_ms is not None and reclaim_older_than_ms < 0:
             raise InvalidInput("reclaim_older_than_ms must not be negative")
-        reclaim = timedelta(milliseconds=DEFAULT_RECLAIM_MS if reclaim_older_than_ms is None else reclaim_older_than_ms)
+        reclaim = timedelta(
+            milliseconds=DEFAULT_RECLAIM_MS if reclaim_older_than_ms is None else reclaim_older_than_ms
+        )
         deadline = anyio.current_time() + (block_ms or 0) / 1000
         if worker_id:
             await self._note_poller(environment_id, worker_id)
@@ -127,7 +140,9 @@ class WorkQueue:
                 return None
             await self._log.bus.wait_for_work(environment_id, remaining)
 
-    async def _claim(self, environment_id: str, worker_id: str | None, reclaim: timedelta) -> dict[str, Any] | None:
+    async def _claim(
+        self, environment_id: str, worker_id: str | None, reclaim: timedelta
+    ) -> dict[str, Any] | None:
         at = now()
         async with self._db.write() as conn:
             q = (
@@ -146,10 +161,18 @@ class WorkQueue:
             if row is None:
                 return None
             await conn.execute(
-                s.work_items.update().where(s.work_items.c.id == row["id"]).values(polled_at=at, worker_id=worker_id)
+                s.work_items.update()
+                .where(s.work_items.c.id == row["id"])
+                .values(polled_at=at, worker_id=worker_id)
             )
-            row = (await conn.execute(sa.select(s.work_items).where(s.work_items.c.id == row["id"]))).mappings().one()
-        token = self._tokens.mint(session_id=row["session_id"], environment_id=environment_id, work_id=row["id"])
+            row = (
+                (await conn.execute(sa.select(s.work_items).where(s.work_items.c.id == row["id"])))
+                .mappings()
+                .one()
+            )
+        token = self._tokens.mint(
+            session_id=row["session_id"], environment_id=environment_id, work_id=row["id"]
+        )
         return render(row, secret=SessionTokens.secret_payload(token))
 
     async def _note_poller(self, environment_id: str, worker_id: str) -> None:
@@ -168,12 +191,16 @@ class WorkQueue:
 
     async def _get(self, conn: AsyncConnection, environment_id: str, work_id: str) -> Any:
         row = (
-            await conn.execute(
-                sa.select(s.work_items).where(
-                    s.work_items.c.id == work_id, s.work_items.c.environment_id == environment_id
+            (
+                await conn.execute(
+                    sa.select(s.work_items).where(
+                        s.work_items.c.id == work_id, s.work_items.c.environment_id == environment_id
+                    )
                 )
             )
-        ).mappings().first()
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"work item {work_id} not found in environment {environment_id}")
         return row
@@ -192,7 +219,12 @@ class WorkQueue:
             return render(await self._get(tx.conn, environment_id, work_id))
 
     async def heartbeat(
-        self, environment_id: str, work_id: str, *, expected_last_heartbeat: str | None, desired_ttl_seconds: int | None
+        self,
+        environment_id: str,
+        work_id: str,
+        *,
+        expected_last_heartbeat: str | None,
+        desired_ttl_seconds: int | None,
     ) -> dict[str, Any]:
         ttl = self.lease_ttl_s
         if desired_ttl_seconds is not None:
@@ -257,7 +289,9 @@ class WorkQueue:
         """A worker let go of a session that is mid-turn (drained, or stopped early): queue it again."""
         srow = (
             await tx.conn.execute(
-                sa.select(s.sessions.c.status, s.sessions.c.deleted_at).where(s.sessions.c.id == row["session_id"])
+                sa.select(s.sessions.c.status, s.sessions.c.deleted_at).where(
+                    s.sessions.c.id == row["session_id"]
+                )
             )
         ).first()
         if srow is not None and srow.deleted_at is None and srow.status in ("running", "rescheduling"):
@@ -299,20 +333,27 @@ class WorkQueue:
         moved = 0
         async with self._log.transaction() as tx:
             rows = (
-                await tx.conn.execute(
-                    sa.select(s.work_items).where(
-                        s.work_items.c.state.in_(
-                            (State.STARTING.value, State.ACTIVE.value, State.STOPPING.value)
-                        ),
-                        s.work_items.c.lease_expires_at < at,
+                (
+                    await tx.conn.execute(
+                        sa.select(s.work_items).where(
+                            s.work_items.c.state.in_(
+                                (State.STARTING.value, State.ACTIVE.value, State.STOPPING.value)
+                            ),
+                            s.work_items.c.lease_expires_at < at,
+                        )
                     )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
             for row in rows:
                 new = await self._apply(tx.conn, row, Trigger.LAPSE)
                 moved += 1
                 log.warning(
-                    "work lease lapsed work_id=%s session_id=%s -> %s", row["id"], row["session_id"], new.value
+                    "work lease lapsed work_id=%s session_id=%s -> %s",
+                    row["id"],
+                    row["session_id"],
+                    new.value,
                 )
                 if new is State.QUEUED:
                     tx.notify_work(row["environment_id"])
@@ -339,7 +380,9 @@ class WorkQueue:
         async with self._db.read() as conn:
             return render(await self._get(conn, environment_id, work_id))
 
-    async def update_metadata(self, environment_id: str, work_id: str, metadata: dict[str, str | None]) -> dict[str, Any]:
+    async def update_metadata(
+        self, environment_id: str, work_id: str, metadata: dict[str, str | None]
+    ) -> dict[str, Any]:
         async with self._db.write() as conn:
             row = await self._get(conn, environment_id, work_id)
             meta = dict(row["metadata"] or {})
@@ -350,10 +393,14 @@ class WorkQueue:
                     meta[k] = v
             if len(meta) > 16:
                 raise InvalidInput("metadata may hold at most 16 pairs", error_code="invalid_metadata")
-            await conn.execute(s.work_items.update().where(s.work_items.c.id == work_id).values(metadata=meta))
+            await conn.execute(
+                s.work_items.update().where(s.work_items.c.id == work_id).values(metadata=meta)
+            )
             return render(await self._get(conn, environment_id, work_id))
 
-    async def list(self, environment_id: str, *, limit: int | None, page_cursor: str | None) -> dict[str, Any]:
+    async def list(
+        self, environment_id: str, *, limit: int | None, page_cursor: str | None
+    ) -> dict[str, Any]:
         n = resolve_limit(limit)
         after = decode_cursor(page_cursor)
         q = (
@@ -375,7 +422,9 @@ class WorkQueue:
             env = s.work_items.c.environment_id == environment_id
             depth = (
                 await conn.execute(
-                    sa.select(sa.func.count()).select_from(s.work_items).where(env, queued, s.work_items.c.polled_at.is_(None))
+                    sa.select(sa.func.count())
+                    .select_from(s.work_items)
+                    .where(env, queued, s.work_items.c.polled_at.is_(None))
                 )
             ).scalar_one()
             pending = (

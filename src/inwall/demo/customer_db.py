@@ -29,7 +29,9 @@ INVOICES = [
 def _db() -> sqlite3.Connection:
     db = sqlite3.connect(":memory:", check_same_thread=False)
     db.execute("create table customers (id integer primary key, name text, tier text, email text)")
-    db.execute("create table invoices (id text primary key, customer_id integer, amount real, due text, status text)")
+    db.execute(
+        "create table invoices (id text primary key, customer_id integer, amount real, due text, status text)"
+    )
     db.executemany("insert into customers values (?, ?, ?, ?)", CUSTOMERS)
     db.executemany("insert into invoices values (?, ?, ?, ?, ?)", INVOICES)
     return db

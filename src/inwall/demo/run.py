@@ -38,9 +38,9 @@ __all__ = ["DemoResult", "run_demo"]
 SCRIPTED_TASK = "\n".join(
     [
         "Prepare dunning notes for overdue invoices, using the customer database and every sandbox tool.",
-        'call mcp__crm__overdue_invoices {}',
+        "call mcp__crm__overdue_invoices {}",
         'call mcp__crm__find_customer {"name": "Acme"}',
-        'call mcp__crm__customer_emails {}',
+        "call mcp__crm__customer_emails {}",
         'call bash {"command": "echo \\"hello from $(uname -s), inside the sandbox, as uid $(id -u)\\""}',
         'call write {"file_path": "dunning.md", "content": "# Dunning\\nINV-1002 Acme Corp 8200.00 EUR\\n'
         'INV-1003 Globex 3150.50 EUR\\nstatus: draft\\n"}',
@@ -48,7 +48,7 @@ SCRIPTED_TASK = "\n".join(
         'call read {"file_path": "dunning.md"}',
         'call glob {"pattern": "*.md"}',
         'call grep {"pattern": "EUR", "path": "dunning.md"}',
-        "call bash {\"command\": \"python3 -c 'print(\\\"total overdue:\\\", 8200.00 + 3150.50)'\"}",
+        'call bash {"command": "python3 -c \'print(\\"total overdue:\\", 8200.00 + 3150.50)\'"}',
         'call bash {"command": "cat /etc/shadow"}',
     ]
 )
@@ -85,7 +85,11 @@ class Child:
         self.ready = threading.Event()
         self.log = log
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
@@ -154,12 +158,14 @@ async def run_demo(
     console: Console, *, model: str | None = None, unsandboxed: bool = False, timeout_s: float = 240.0
 ) -> DemoResult:
     use_claude = bool(os.environ.get("ANTHROPIC_API_KEY")) and model != "inwall-scripted"
-    model_id = model or (os.environ.get("INWALL_DEMO_MODEL", "claude-sonnet-4-5") if use_claude else "inwall-scripted")
+    model_id = model or (
+        os.environ.get("INWALL_DEMO_MODEL", "claude-sonnet-4-5") if use_claude else "inwall-scripted"
+    )
     task = CLAUDE_TASK if use_claude else SCRIPTED_TASK
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="inwall-demo-") as tmp, _children() as children:
         root = Path(tmp)
-        os.chmod(root, 0o711)  # the sandbox's unprivileged uid must be able to reach the workspace below
+        os.chmod(root, 0o711)  # noqa: S103 - traverse only, no listing: the sandbox's unprivileged uid must be able to reach the workspace below
         workdir = root / "worker"
         workdir.mkdir(mode=0o711)
         console.print(f"[bold]inwall demo[/bold] — model [cyan]{model_id}[/cyan], everything in {root}")
@@ -169,8 +175,12 @@ async def run_demo(
             async with AsyncAnthropic(base_url=bound.base_url, api_key=admin_key) as client:
                 gateway = await _start_gateway(client, bound, root, children)
                 console.print(f"  gateway        dialled out; tunnel {gateway['tunnel_id']} is up")
-                env = await client.beta.environments.create(name="demo-perimeter", config={"type": "self_hosted"})
-                minted: Any = await client.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
+                env = await client.beta.environments.create(
+                    name="demo-perimeter", config={"type": "self_hosted"}
+                )
+                minted: Any = await client.post(
+                    f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={}
+                )
                 worker = _start_worker(bound, env.id, minted["key"], workdir, root, children, unsandboxed)
                 await worker.wait_ready(60)
                 console.print(
@@ -181,8 +191,10 @@ async def run_demo(
                 agent = await client.beta.agents.create(
                     name="demo-agent",
                     model=model_id,
-                    system="You are a careful assistant. Tools run in a sandbox inside the customer's network.",
-                    mcp_servers=[{"type": "url", "name": "crm", "url": f"https://crm.{gateway['domain']}/mcp"}],
+                    system="You are a careful assistant. Your tools run in a sandbox inside the network.",
+                    mcp_servers=[
+                        {"type": "url", "name": "crm", "url": f"https://crm.{gateway['domain']}/mcp"}
+                    ],
                     tools=[
                         {"type": "agent_toolset_20260401"},
                         {
@@ -192,16 +204,22 @@ async def run_demo(
                         },
                     ],
                 )
-                session = await client.beta.sessions.create(agent=agent.id, environment_id=env.id, title="demo")
+                session = await client.beta.sessions.create(
+                    agent=agent.id, environment_id=env.id, title="demo"
+                )
                 console.print()
                 status = await _watch(client, session.id, task, Transcript(console), timeout_s)
                 events = [e async for e in client.beta.sessions.events.list(session.id, limit=1000)]
-        kinds = [e.type for e in events]
-        tool_calls = sum(k in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use") for k in kinds)
+        kinds = [str(e.type) for e in events]
+        tool_calls = sum(
+            k in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use") for k in kinds
+        )
         return DemoResult(session.id, status, kinds, tool_calls, time.monotonic() - started)
 
 
-async def _start_gateway(client: AsyncAnthropic, bound: Bound, root: Path, children: list[Child]) -> dict[str, str]:
+async def _start_gateway(
+    client: AsyncAnthropic, bound: Bound, root: Path, children: list[Child]
+) -> dict[str, str]:
     from inwall.gateway.certs import create_certificates
 
     tunnel = await client.beta.tunnels.create(display_name="demo private network")
@@ -237,7 +255,16 @@ async def _start_gateway(client: AsyncAnthropic, bound: Bound, root: Path, child
     )
     gateway = Child(
         "inwall gateway",
-        [sys.executable, "-m", "inwall.cli.main", "gateway", "--config", str(config), "--base-url", bound.base_url],
+        [
+            sys.executable,
+            "-m",
+            "inwall.cli.main",
+            "gateway",
+            "--config",
+            str(config),
+            "--base-url",
+            bound.base_url,
+        ],
         _clean_env(INWALL_TUNNEL_TOKEN=token),
         ready="tunnel up",
         log=root / "gateway" / "gateway.log",
@@ -250,19 +277,32 @@ async def _start_gateway(client: AsyncAnthropic, bound: Bound, root: Path, child
 def _start_worker(
     bound: Bound, env_id: str, key: str, workdir: Path, root: Path, children: list[Child], unsandboxed: bool
 ) -> Child:
-    env = _clean_env(ANTHROPIC_BASE_URL=bound.base_url, ANTHROPIC_ENVIRONMENT_ID=env_id, ANTHROPIC_ENVIRONMENT_KEY=key)
+    env = _clean_env(
+        ANTHROPIC_BASE_URL=bound.base_url, ANTHROPIC_ENVIRONMENT_ID=env_id, ANTHROPIC_ENVIRONMENT_KEY=key
+    )
     if unsandboxed:
         argv = [sys.executable, "-m", "inwall.demo.stock_worker", str(workdir)]
         worker = Child("stock worker", argv, env, ready="", log=root / "worker.log")
         worker.ready.set()
     else:
-        argv = [sys.executable, "-m", "inwall.cli.main", "worker", "--workdir", str(workdir), "--max-idle", "30"]
+        argv = [
+            sys.executable,
+            "-m",
+            "inwall.cli.main",
+            "worker",
+            "--workdir",
+            str(workdir),
+            "--max-idle",
+            "30",
+        ]
         worker = Child("inwall worker", argv, env, ready="inwall worker ready", log=root / "worker.log")
     children.append(worker)
     return worker
 
 
-async def _watch(client: AsyncAnthropic, session_id: str, task: str, transcript: Transcript, timeout_s: float) -> str:
+async def _watch(
+    client: AsyncAnthropic, session_id: str, task: str, transcript: Transcript, timeout_s: float
+) -> str:
     """Stream the session live until its turn ends; returns the final status."""
     seen: set[str] = set()
     status = "running"
@@ -272,9 +312,10 @@ async def _watch(client: AsyncAnthropic, session_id: str, task: str, transcript:
                 session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": task}]}]
             )
             async for ev in stream:
-                if ev.id in seen:
+                event_id = getattr(ev, "id", None)  # previews (event_start/delta) carry none
+                if event_id is None or event_id in seen:
                     continue
-                seen.add(ev.id)
+                seen.add(event_id)
                 transcript.show(ev)
                 if ev.type == "session.status_idle" and ev.stop_reason.type != "requires_action":
                     status = "idle"

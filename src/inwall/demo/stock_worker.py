@@ -7,6 +7,7 @@ Configuration comes from the same environment variables the SDK documents.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,7 +19,9 @@ from anthropic.lib.environments import EnvironmentWorker
 
 async def _main(workdir: str) -> None:
     key = os.environ["ANTHROPIC_ENVIRONMENT_KEY"]
-    async with AsyncAnthropic(base_url=os.environ["ANTHROPIC_BASE_URL"], auth_token=key, api_key=None) as client:
+    async with AsyncAnthropic(
+        base_url=os.environ["ANTHROPIC_BASE_URL"], auth_token=key, api_key=None
+    ) as client:
         worker = EnvironmentWorker(
             client,
             environment_id=os.environ["ANTHROPIC_ENVIRONMENT_ID"],
@@ -31,7 +34,5 @@ async def _main(workdir: str) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(_main, sys.argv[1])
-    except KeyboardInterrupt:
-        pass

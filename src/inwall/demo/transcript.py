@@ -46,17 +46,35 @@ class Transcript:
         elif kind in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use"):
             name = ev.name if kind != "agent.mcp_tool_use" else f"{ev.mcp_server_name}/{ev.name}"
             self.names[ev.id] = name
-            where = {"agent.tool_use": "sandbox", "agent.custom_tool_use": "client", "agent.mcp_tool_use": "mcp"}[kind]
+            where = {
+                "agent.tool_use": "sandbox",
+                "agent.custom_tool_use": "client",
+                "agent.mcp_tool_use": "mcp",
+            }[kind]
             if getattr(ev, "evaluated_permission", None) == "deny":
                 where = "refused"
-            c.print(Text(f"🔧 {name}", style="bold yellow"), Text(f"({where})", style="dim"), escape(_short(json.dumps(ev.input))))
-        elif kind in ("user.tool_result", "agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result"):
-            ref = getattr(ev, "tool_use_id", None) or getattr(ev, "mcp_tool_use_id", None) or getattr(
-                ev, "custom_tool_use_id", ""
+            c.print(
+                Text(f"🔧 {name}", style="bold yellow"),
+                Text(f"({where})", style="dim"),
+                escape(_short(json.dumps(ev.input))),
+            )
+        elif kind in (
+            "user.tool_result",
+            "agent.tool_result",
+            "agent.mcp_tool_result",
+            "user.custom_tool_result",
+        ):
+            ref = (
+                getattr(ev, "tool_use_id", None)
+                or getattr(ev, "mcp_tool_use_id", None)
+                or getattr(ev, "custom_tool_use_id", "")
             )
             style = "red" if getattr(ev, "is_error", False) else "dim"
             label = "✗" if getattr(ev, "is_error", False) else "↳"
-            c.print(Text(f"   {label} {self.names.get(ref, '')}", style=style), escape(_short(_blocks_text(ev.content))))
+            c.print(
+                Text(f"   {label} {self.names.get(str(ref or ''), '')}", style=style),
+                escape(_short(_blocks_text(ev.content))),
+            )
         elif kind == "session.status_running":
             c.print(Text("● running", style="blue"))
         elif kind == "session.status_idle":

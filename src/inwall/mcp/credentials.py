@@ -73,7 +73,9 @@ def _entry(raw: Any, where: str, env: Mapping[str, str], base: Path) -> _Entry:
     if not isinstance(prefix, str) or "://" not in prefix:
         raise ConfigError(f"{where}: url_prefix must be a URL such as https://host/mcp")
     headers = raw.get("headers", {})
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
         raise ConfigError(f"{where}: headers must be a table of strings")
     headers = dict(headers)
     if "bearer_token_env" in raw and "bearer_token_file" in raw:

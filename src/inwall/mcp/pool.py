@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx2
@@ -98,7 +98,7 @@ class McpPool:
             return tools
 
         self._changed.pop((session_id, server.name), None)
-        return await self._with_session(session_id, server, op)
+        return cast("list[McpToolInfo]", await self._with_session(session_id, server, op))
 
     async def call_tool(
         self,
@@ -121,17 +121,22 @@ class McpPool:
             request_meta = meta(attempts) if meta is not None else None
             try:
                 result = await client.call_tool(
-                    tool, dict(arguments), read_timeout_seconds=timeout_s, meta=dict(request_meta) if request_meta else None
+                    tool,
+                    dict(arguments),
+                    read_timeout_seconds=timeout_s,
+                    meta=cast("types.RequestParamsMeta", dict(request_meta)) if request_meta else None,
                 )
             except MCPError as exc:
                 if exc.code == types.REQUEST_TIMEOUT:
-                    return McpCallResult([{"type": "text", "text": f"MCP tool {tool!r} timed out after {timeout_s:g}s"}], True)
+                    return McpCallResult(
+                        [{"type": "text", "text": f"MCP tool {tool!r} timed out after {timeout_s:g}s"}], True
+                    )
                 if _connection_level(exc):
                     raise
                 return McpCallResult([{"type": "text", "text": f"MCP error {exc.code}: {exc.message}"}], True)
             return McpCallResult(_content(result.content), bool(result.is_error))
 
-        return await self._with_session(session_id, server, op)
+        return cast(McpCallResult, await self._with_session(session_id, server, op))
 
     def tools_changed(self, session_id: str, server: str) -> bool:
         return self._changed.pop((session_id, server), False)
@@ -149,7 +154,9 @@ class McpPool:
 
     # -- connections ---------------------------------------------------------------------------
 
-    async def _with_session(self, session_id: str, server: McpServerRef, op: Callable[[ClientSession], Any]) -> Any:
+    async def _with_session(
+        self, session_id: str, server: McpServerRef, op: Callable[[ClientSession], Any]
+    ) -> Any:
         from mcp import MCPError
 
         for attempt in (1, 2):
@@ -169,13 +176,17 @@ class McpPool:
                 self._drop(conn)
                 if attempt == 1:
                     continue
-                raise McpFailure(server.name, "connection", f"lost the connection to MCP server {server.name!r}") from exc
+                raise McpFailure(
+                    server.name, "connection", f"lost the connection to MCP server {server.name!r}"
+                ) from exc
         raise AssertionError("unreachable")
 
     def _failure(self, server: McpServerRef, conn: _Connection, exc: BaseException) -> McpFailure:
         if conn.last_status in _AUTH_STATUSES:
             return McpFailure(
-                server.name, "authentication", f"MCP server {server.name!r} refused our credentials (HTTP {conn.last_status})"
+                server.name,
+                "authentication",
+                f"MCP server {server.name!r} refused our credentials (HTTP {conn.last_status})",
             )
         return McpFailure(server.name, "connection", f"MCP server {server.name!r} failed: {exc}")
 
@@ -207,7 +218,9 @@ class McpPool:
                         f"MCP server {server.name!r} refused our credentials (HTTP {conn.last_status})",
                     )
                 detail = _describe(error) if error else f"no answer within {self._connect_timeout_s:g}s"
-                raise McpFailure(server.name, "connection", f"cannot connect to MCP server {server.name!r}: {detail}")
+                raise McpFailure(
+                    server.name, "connection", f"cannot connect to MCP server {server.name!r}: {detail}"
+                )
             self._connections[key] = conn
             return conn
 
@@ -237,13 +250,15 @@ class McpPool:
                 read, write = await stack.enter_async_context(
                     streamable_http_client(server.url, http_client=http, max_sse_event_size=None)
                 )
-                client = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+                client = await stack.enter_async_context(
+                    ClientSession(read, write, message_handler=on_message)
+                )
                 with anyio.fail_after(self._connect_timeout_s):
                     await client.initialize()
                 conn.session = client
                 conn.ready.set()
                 await conn.stop.wait()
-        except BaseException as exc:  # noqa: BLE001 - the SDK reports transport failures as exception groups
+        except BaseException as exc:
             conn.error = exc
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise
@@ -276,7 +291,9 @@ def _content(blocks: list[Any]) -> list[dict[str, Any]]:
         if kind == "text":
             out.append({"type": "text", "text": b.text})
         elif kind == "image":
-            out.append({"type": "image", "source": {"type": "base64", "media_type": b.mime_type, "data": b.data}})
+            out.append(
+                {"type": "image", "source": {"type": "base64", "media_type": b.mime_type, "data": b.data}}
+            )
         else:
             out.append({"type": "text", "text": b.model_dump_json(by_alias=True, exclude_none=True)})
     return out or [{"type": "text", "text": "(no output)"}]

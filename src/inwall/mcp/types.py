@@ -26,7 +26,7 @@ class McpCallResult:
 
 
 class McpFailure(InwallError):
-    """The server could not be reached or refused our credentials; the session reports it as a session.error."""
+    """The server could not be reached or refused our credentials; reported as a session.error."""
 
     def __init__(self, server: str, kind: Literal["connection", "authentication"], message: str) -> None:
         super().__init__(message)
@@ -35,7 +35,11 @@ class McpFailure(InwallError):
 
     @property
     def session_error_type(self) -> str:
-        return "mcp_authentication_failed_error" if self.kind == "authentication" else "mcp_connection_failed_error"
+        return (
+            "mcp_authentication_failed_error"
+            if self.kind == "authentication"
+            else "mcp_connection_failed_error"
+        )
 
 
 class McpClientPool(Protocol):
@@ -51,11 +55,11 @@ class McpClientPool(Protocol):
         timeout_s: float,
         meta: Callable[[int], Mapping[str, Any] | None] | None = None,
     ) -> McpCallResult:
-        """``meta(attempt)`` builds the request's ``_meta`` for each attempt (a retry needs a fresh identity token)."""
+        """``meta(attempt)`` builds each attempt's ``_meta`` (a retry needs a fresh identity token)."""
         ...
 
     def tools_changed(self, session_id: str, server: str) -> bool:
-        """True once after the server sent notifications/tools/list_changed (re-list at the next turn boundary)."""
+        """True once after the server sent notifications/tools/list_changed (re-list at a turn boundary)."""
         ...
 
     async def forget(self, session_id: str) -> None: ...

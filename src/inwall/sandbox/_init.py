@@ -20,7 +20,7 @@ Exit status: the command's (128+N when killed by signal N); 125 when the
 init itself fails, 126/127 when the command cannot be executed.
 """
 
-# ruff: noqa: PLC0415, S606 - deferred imports keep the init fast; it execs the command it was given
+# ruff: noqa: S606 - deferred imports keep the init fast; it execs the command it was given
 from __future__ import annotations
 
 import ctypes

@@ -18,7 +18,6 @@ directory), so the command cannot create it either. bwrap creates the mount
 point on the host; the runner removes those empty placeholders afterwards.
 """
 
-# ruff: noqa: PLC0415 - imports are deferred on purpose: start-up time is part of every sandboxed command
 # ruff: noqa: S108 - /tmp, /var/tmp and /dev/shm here are mount points inside the sandbox, not temp files
 from __future__ import annotations
 

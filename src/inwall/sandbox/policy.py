@@ -19,7 +19,6 @@ than the allow it sits in still wins. Writes are denied everywhere except
 the workdir (``"."``) is the only writable path.
 """
 
-# ruff: noqa: PLC0415 - imports are deferred on purpose: start-up time is part of every sandboxed command
 from __future__ import annotations
 
 import os

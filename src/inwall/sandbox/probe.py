@@ -7,7 +7,6 @@ a failure still gets a precise diagnosis. There is never an unsandboxed
 fallback: an unusable host raises :class:`~inwall.errors.SandboxUnavailable`.
 """
 
-# ruff: noqa: PLC0415 - imports are deferred on purpose: start-up time is part of every sandboxed command
 from __future__ import annotations
 
 import os

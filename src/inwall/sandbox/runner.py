@@ -24,7 +24,6 @@ whole pid namespace dies with it; bwrap dies with its parent
 (``--die-with-parent``); timeouts and output overruns SIGKILL bwrap.
 """
 
-# ruff: noqa: PLC0415 - imports are deferred on purpose: start-up time is part of every sandboxed command
 from __future__ import annotations
 
 import os

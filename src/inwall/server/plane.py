@@ -94,7 +94,11 @@ class ControlPlane:
         self.agents = AgentService(self.db)
         self.environments = EnvironmentService(self.db, on_keys_removed=self.keys.forget_cache)
         self.work = WorkQueue(
-            self.db, self.events, self.tokens, lease_ttl_s=settings.lease_ttl_s, reap_interval_s=settings.reap_interval_s
+            self.db,
+            self.events,
+            self.tokens,
+            lease_ttl_s=settings.lease_ttl_s,
+            reap_interval_s=settings.reap_interval_s,
         )
         self.audit = ControlAudit(self.db)
         self.sessions = SessionService(
@@ -114,12 +118,18 @@ class ControlPlane:
         self.tunnels.on_revoke = lambda tunnel_id, token_id, grace: self.edge.revoke_token(
             tunnel_id, token_id, grace_s=grace
         )
-        self.tunnels.on_archive = lambda tunnel_id: self.edge.disconnect_tunnel(tunnel_id, reason="tunnel archived")
+        self.tunnels.on_archive = lambda tunnel_id: self.edge.disconnect_tunnel(
+            tunnel_id, reason="tunnel archived"
+        )
         # MCP traffic: hosts under a tunnel domain go through the tunnel and nowhere
         # else; every other host is reached directly.
-        self.mcp = McpPool(transport_factory=lambda: self.edge.transport(fallback=httpx2.AsyncHTTPTransport()))
+        self.mcp = McpPool(
+            transport_factory=lambda: self.edge.transport(fallback=httpx2.AsyncHTTPTransport())
+        )
         self.mcp_credentials = (
-            McpCredentials.load(settings.mcp_credentials_file) if settings.mcp_credentials_file else McpCredentials()
+            McpCredentials.load(settings.mcp_credentials_file)
+            if settings.mcp_credentials_file
+            else McpCredentials()
         )
         self.identity_keys = IdentityKeys.load_or_create(data_dir)
         self.identity_issuer = IdentityIssuer(self.identity_keys.private_key)

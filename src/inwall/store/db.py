@@ -66,7 +66,8 @@ class Database:
         self.engine: AsyncEngine | None = None
         if self.is_sqlite:
             self._sync = sa.create_engine(
-                url.replace("sqlite+aiosqlite:", "sqlite:"), connect_args={"timeout": 30, "check_same_thread": False}
+                url.replace("sqlite+aiosqlite:", "sqlite:"),
+                connect_args={"timeout": 30, "check_same_thread": False},
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
         else:

@@ -14,7 +14,9 @@ router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
 
 @router.post("")
-async def create_agent(body: AgentCreate, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_agent(
+    body: AgentCreate, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_api_key()
     return await plane(request).agents.create(body)
 
@@ -55,7 +57,9 @@ async def update_agent(
 
 
 @router.post("/{agent_id}/archive")
-async def archive_agent(agent_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def archive_agent(
+    agent_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_api_key()
     return await plane(request).agents.archive(agent_id)
 

@@ -29,7 +29,7 @@ def _env_worker(who: Principal, environment_id: str) -> None:
         return
     if who.kind == "environment" and who.environment_id == environment_id:
         return
-    if who.kind == "environment" or who.kind == "session":
+    if who.kind in ("environment", "session"):
         # Keys of another environment learn nothing about this one.
         raise NotFound(f"environment {environment_id} not found", error_code="environment_not_found")
     raise PermissionDenied("the work queue is served with an environment key")
@@ -68,7 +68,9 @@ async def list_environments(
 
 
 @router.get("/v1/environments/{environment_id}")
-async def get_environment(environment_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_environment(
+    environment_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     if not who.is_api_key:
         _env_worker(who, environment_id)
     return await plane(request).environments.get(environment_id)
@@ -134,7 +136,9 @@ async def poll_work(
 
 
 @router.get("/v1/environments/{environment_id}/work/stats")
-async def work_stats(environment_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def work_stats(
+    environment_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     if not who.is_api_key:
         _env_worker(who, environment_id)
     cp = plane(request)

@@ -1,4 +1,4 @@
-"""``/v1/inwall``: what the Managed Agents API has no endpoint for — users, their keys, and the audit trail."""
+"""``/v1/inwall``: what the Managed Agents API has no endpoint for: users, keys, audit, identity."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ class UserUpdate(Strict):
 
 
 @router.post("/users")
-async def create_user(body: UserCreate, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_user(
+    body: UserCreate, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_admin()
     return await plane(request).users.create(body.name, body.roles)
 
@@ -43,7 +45,9 @@ async def list_users(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     who.require_admin()
-    return await plane(request).users.list(limit=limit, page_cursor=page, include_disabled=flag(include_disabled))
+    return await plane(request).users.list(
+        limit=limit, page_cursor=page, include_disabled=flag(include_disabled)
+    )
 
 
 @router.get("/users/{user_id}")
@@ -67,7 +71,9 @@ async def disable_user(user_id: str, request: Request, who: Principal = Depends(
 
 
 @router.post("/users/{user_id}/keys")
-async def create_user_key(user_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_user_key(
+    user_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_admin()
     return await plane(request).users.create_key(user_id)
 
@@ -102,7 +108,9 @@ async def list_audit(
 
 
 @router.get("/sessions/{session_id}/identity")
-async def worker_identity(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def worker_identity(
+    session_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     """For a worker about to run a tool call: who it runs for, signed by the control plane.
 
     The token names the tool and a digest of its input and expires in a minute,

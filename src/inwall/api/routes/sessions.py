@@ -27,7 +27,9 @@ END_USER_HEADER = "x-inwall-end-user-token"
 
 
 @router.post("")
-async def create_session(body: SessionCreate, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_session(
+    body: SessionCreate, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     cp = plane(request)
     acting_for: dict[str, Any] | None = None
     token = request.headers.get(END_USER_HEADER)
@@ -81,7 +83,9 @@ async def list_sessions(
 
 
 @router.get("/{session_id}")
-async def get_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_session(
+    session_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     return await plane(request).sessions.get(session_id, who)
 
 
@@ -93,12 +97,16 @@ async def update_session(
 
 
 @router.delete("/{session_id}")
-async def delete_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_session(
+    session_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     return await plane(request).sessions.delete(session_id, who)
 
 
 @router.post("/{session_id}/archive")
-async def archive_session(session_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def archive_session(
+    session_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     return await plane(request).sessions.archive(session_id, who)
 
 
@@ -131,7 +139,9 @@ async def send_events(
 
 
 @router.get("/{session_id}/events/stream")
-async def stream_events(session_id: str, request: Request, who: Principal = Depends(principal)) -> StreamingResponse:
+async def stream_events(
+    session_id: str, request: Request, who: Principal = Depends(principal)
+) -> StreamingResponse:
     cp = plane(request)
     row = await cp.sessions.require(session_id, who)
     deltas = bracket_list(request, "event_deltas")
@@ -148,7 +158,9 @@ async def stream_events(session_id: str, request: Request, who: Principal = Depe
             last = (
                 await conn.execute(
                     sa.select(s.events.c.body)
-                    .where(s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated")
+                    .where(
+                        s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated"
+                    )
                     .order_by(s.events.c.seq.desc())
                     .limit(1)
                 )

@@ -1,4 +1,4 @@
-"""``/v1/tunnels``: tunnels, their connector tokens and CA certificates; and the gateway's connect endpoint."""
+"""``/v1/tunnels``: tunnels, their tokens and CA certificates, and the gateways' connect endpoint."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ async def list_tunnels(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     who.require_api_key()
-    return await plane(request).tunnels.list(limit=limit, page_cursor=page, include_archived=flag(include_archived))
+    return await plane(request).tunnels.list(
+        limit=limit, page_cursor=page, include_archived=flag(include_archived)
+    )
 
 
 @router.get("/{tunnel_id}")
@@ -59,17 +61,23 @@ async def get_tunnel(tunnel_id: str, request: Request, who: Principal = Depends(
 
 
 @router.post("/{tunnel_id}/archive")
-async def archive_tunnel(tunnel_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def archive_tunnel(
+    tunnel_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_api_key()
     return await plane(request).tunnels.archive(tunnel_id)
 
 
 @router.post("/{tunnel_id}/reveal_token")
-async def reveal_token(tunnel_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def reveal_token(
+    tunnel_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
     who.require_api_key()
     cp = plane(request)
     result = await cp.tunnels.reveal_token(tunnel_id)
-    await cp.audit.safe_record("tunnel.token.revealed", outcome="ok", tunnel_id=tunnel_id, **who.audit_fields())
+    await cp.audit.safe_record(
+        "tunnel.token.revealed", outcome="ok", tunnel_id=tunnel_id, **who.audit_fields()
+    )
     return result
 
 
@@ -81,7 +89,10 @@ async def rotate_token(
     cp = plane(request)
     result = await cp.tunnels.rotate_token(tunnel_id, body.reason if body else None)
     await cp.audit.safe_record(
-        "tunnel.token.rotated", outcome="ok", tunnel_id=tunnel_id, reason=body.reason if body else None,
+        "tunnel.token.rotated",
+        outcome="ok",
+        tunnel_id=tunnel_id,
+        reason=body.reason if body else None,
         **who.audit_fields(),
     )
     return result

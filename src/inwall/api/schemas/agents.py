@@ -165,7 +165,7 @@ ExecutionIdentity = Annotated[ServiceAccount | AwsRole, Field(discriminator="typ
 
 
 def check_tools(tools: list[Any] | None, servers: list[McpServerParams] | None) -> None:
-    """Cross-field rules the SDK documents: unique server names, every server used, every toolset's server defined."""
+    """Cross-field rules the SDK documents: unique names, every server used, every server defined."""
     servers = servers or []
     tools = tools or []
     names = [s.name for s in servers]

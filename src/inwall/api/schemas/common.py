@@ -93,10 +93,11 @@ class SearchResultBlock(Strict):
 
 
 ContentBlock = Annotated[TextBlock | ImageBlock | DocumentBlock | RedactedBlock, Field(discriminator="type")]
-ResultBlock = Annotated[TextBlock | ImageBlock | DocumentBlock | SearchResultBlock, Field(discriminator="type")]
+ResultBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | SearchResultBlock, Field(discriminator="type")
+]
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
     """The request as the caller sent it (no defaults invented), for storing."""
     return model.model_dump(mode="json", exclude_unset=True)
-

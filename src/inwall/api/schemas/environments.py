@@ -55,4 +55,3 @@ class EnvironmentUpdate(Strict):
     description: str | None = None
     metadata: MetadataPatch | None = None
     scope: Literal["organization", "account"] | None = None
-

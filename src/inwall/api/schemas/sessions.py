@@ -94,7 +94,12 @@ class DefineOutcome(Strict):
 
 
 UserEvent = Annotated[
-    UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult | UserToolResult | SystemMessage
+    UserMessage
+    | UserInterrupt
+    | UserToolConfirmation
+    | UserCustomToolResult
+    | UserToolResult
+    | SystemMessage
     | DefineOutcome,
     Field(discriminator="type"),
 ]
@@ -110,10 +115,15 @@ class EventsSend(Strict):
             raise ValueError("at most one system.message per request")
         if "system.message" in kinds:
             i = kinds.index("system.message")
-            if i != len(kinds) - 1 or i == 0 or kinds[i - 1] not in (
-                "user.message",
-                "user.tool_result",
-                "user.custom_tool_result",
+            if (
+                i != len(kinds) - 1
+                or i == 0
+                or kinds[i - 1]
+                not in (
+                    "user.message",
+                    "user.tool_result",
+                    "user.custom_tool_result",
+                )
             ):
                 raise ValueError(
                     "system.message must be the last event and directly follow a user.message, "
@@ -127,7 +137,9 @@ class SessionCreate(Strict):
     environment_id: Id
     title: Annotated[str, StringConstraints(max_length=512)] | None = None
     metadata: Metadata = Field(default_factory=dict)
-    initial_events: Annotated[list[UserMessage | DefineOutcome], Field(max_length=50)] = Field(default_factory=list)
+    initial_events: Annotated[list[UserMessage | DefineOutcome], Field(max_length=50)] = Field(
+        default_factory=list
+    )
     budget: dict[str, Any] | None = None
     resources: list[dict[str, Any]] = Field(default_factory=list)
     vault_ids: list[str] = Field(default_factory=list)
