@@ -24,6 +24,7 @@ from inwall.api.schemas.agents import (
     ToolsetDefaultConfig,
     check_tools,
 )
+from inwall.control.pages import patch_metadata
 from inwall.errors import InvalidInput
 
 __all__ = [
@@ -177,15 +178,7 @@ def apply_update(body: dict[str, Any], params: AgentUpdate) -> tuple[dict[str, A
         ei = params.execution_identity
         new["execution_identity"] = ei.model_dump(mode="json") if ei else {"type": "service_account"}
     if "metadata" in fields and params.metadata is not None:
-        meta = dict(new.get("metadata") or {})
-        for k, v in params.metadata.items():
-            if v is None:
-                meta.pop(k, None)
-            else:
-                meta[k] = v
-        if len(meta) > 16:
-            raise InvalidInput("metadata may hold at most 16 pairs")
-        new["metadata"] = meta
+        new["metadata"] = patch_metadata(new.get("metadata") or {}, params.metadata)
     if "tools" in fields or "mcp_servers" in fields:
         recheck_tools(new["tools"], new["mcp_servers"])
     return new, new != body

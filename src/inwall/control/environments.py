@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inwall.api.schemas.environments import EnvironmentCreate, EnvironmentUpdate
-from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.pages import list_newest_first, patch_metadata
 from inwall.control.timefmt import ts
 from inwall.errors import Conflict, InvalidInput, NotFound
 from inwall.ids import new_id, now
@@ -107,15 +107,9 @@ class EnvironmentService:
             if "scope" in fields and params.scope is not None:
                 body["scope"] = params.scope
             if params.metadata is not None:
-                meta = dict(body.get("metadata") or {})
-                for k, v in params.metadata.items():
-                    if v is None or v == "":
-                        meta.pop(k, None)
-                    else:
-                        meta[k] = v
-                if len(meta) > 16:
-                    raise InvalidInput("metadata may hold at most 16 pairs", error_code="invalid_metadata")
-                body["metadata"] = meta
+                body["metadata"] = patch_metadata(
+                    body.get("metadata") or {}, params.metadata, empty_deletes=True
+                )
             await conn.execute(
                 s.environments.update()
                 .where(s.environments.c.id == env_id)
@@ -156,13 +150,12 @@ class EnvironmentService:
     async def list(
         self, *, limit: int | None, page_cursor: str | None, include_archived: bool
     ) -> dict[str, Any]:
-        n = resolve_limit(limit)
-        after = decode_cursor(page_cursor)
-        q = sa.select(s.environments).order_by(s.environments.c.id.desc()).limit(n + 1)
-        if not include_archived:
-            q = q.where(s.environments.c.archived_at.is_(None))
-        if after is not None:
-            q = q.where(s.environments.c.id < str(after))
         async with self._db.read() as conn:
-            rows = (await conn.execute(q)).mappings().all()
-        return page([_render(r) for r in rows], n, lambda e: e["id"])
+            return await list_newest_first(
+                conn,
+                s.environments,
+                _render,
+                limit=limit,
+                page_cursor=page_cursor,
+                include_archived=include_archived,
+            )

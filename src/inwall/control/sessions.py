@@ -29,7 +29,7 @@ from inwall.control.auditlog import ControlAudit
 from inwall.control.auth import Principal
 from inwall.control.environments import EnvironmentService
 from inwall.control.events import EventLog, Tx
-from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.pages import decode_cursor, page, patch_metadata, resolve_limit
 from inwall.control.status import change_status
 from inwall.control.timefmt import ts, utc
 from inwall.control.work import WorkQueue
@@ -238,16 +238,8 @@ class SessionService:
                 body["title"] = params.title
                 changed["title"] = params.title
             if params.metadata is not None:
-                meta = dict(body.get("metadata") or {})
-                for k, v in params.metadata.items():
-                    if v is None:
-                        meta.pop(k, None)
-                    else:
-                        meta[k] = v
-                if len(meta) > 16:
-                    raise InvalidInput("metadata may hold at most 16 pairs")
-                body["metadata"] = meta
-                changed["metadata"] = meta
+                body["metadata"] = patch_metadata(body.get("metadata") or {}, params.metadata)
+                changed["metadata"] = body["metadata"]
             if params.agent is not None and params.agent.model_fields_set:
                 if row["status"] in ("running", "rescheduling"):
                     raise Conflict(

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.pages import list_newest_first
 from inwall.control.timefmt import ts
 from inwall.errors import Conflict, InvalidInput, NotFound
 from inwall.ids import new_id, new_secret, now
@@ -130,16 +130,15 @@ class TunnelService:
     async def list(
         self, *, limit: int | None, page_cursor: str | None, include_archived: bool
     ) -> dict[str, Any]:
-        n = resolve_limit(limit)
-        after = decode_cursor(page_cursor)
-        q = sa.select(s.tunnels).order_by(s.tunnels.c.id.desc()).limit(n + 1)
-        if not include_archived:
-            q = q.where(s.tunnels.c.archived_at.is_(None))
-        if after is not None:
-            q = q.where(s.tunnels.c.id < str(after))
         async with self._db.read() as conn:
-            rows = (await conn.execute(q)).mappings().all()
-        return page([_render(r) for r in rows], n, lambda t: t["id"])
+            return await list_newest_first(
+                conn,
+                s.tunnels,
+                _render,
+                limit=limit,
+                page_cursor=page_cursor,
+                include_archived=include_archived,
+            )
 
     async def archive(self, tunnel_id: str) -> dict[str, Any]:
         async with self._db.write() as conn:
@@ -264,22 +263,17 @@ class TunnelService:
     async def list_certificates(
         self, tunnel_id: str, *, limit: int | None, page_cursor: str | None, include_archived: bool
     ) -> dict[str, Any]:
-        n = resolve_limit(limit)
-        after = decode_cursor(page_cursor)
-        q = (
-            sa.select(s.tunnel_certificates)
-            .where(s.tunnel_certificates.c.tunnel_id == tunnel_id)
-            .order_by(s.tunnel_certificates.c.id.desc())
-            .limit(n + 1)
-        )
-        if not include_archived:
-            q = q.where(s.tunnel_certificates.c.archived_at.is_(None))
-        if after is not None:
-            q = q.where(s.tunnel_certificates.c.id < str(after))
         async with self._db.read() as conn:
             await self._row(conn, tunnel_id)
-            rows = (await conn.execute(q)).mappings().all()
-        return page([_render_cert(r) for r in rows], n, lambda c: c["id"])
+            return await list_newest_first(
+                conn,
+                s.tunnel_certificates,
+                _render_cert,
+                limit=limit,
+                page_cursor=page_cursor,
+                include_archived=include_archived,
+                where=[s.tunnel_certificates.c.tunnel_id == tunnel_id],
+            )
 
     # -- the edge's TunnelDirectory ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from inwall.control.auth import SessionTokens
 from inwall.control.events import EventLog, Tx
 from inwall.control.lease import State, Trigger, heartbeat_matches, transition
-from inwall.control.pages import decode_cursor, page, resolve_limit
+from inwall.control.pages import decode_cursor, page, patch_metadata, resolve_limit
 from inwall.control.status import change_status
 from inwall.control.timefmt import ts, utc
 from inwall.errors import InvalidInput, NotFound, PreconditionFailed
@@ -385,14 +385,7 @@ class WorkQueue:
     ) -> dict[str, Any]:
         async with self._db.write() as conn:
             row = await self._get(conn, environment_id, work_id)
-            meta = dict(row["metadata"] or {})
-            for k, v in metadata.items():
-                if v is None:
-                    meta.pop(k, None)
-                else:
-                    meta[k] = v
-            if len(meta) > 16:
-                raise InvalidInput("metadata may hold at most 16 pairs", error_code="invalid_metadata")
+            meta = patch_metadata(row["metadata"] or {}, metadata)
             await conn.execute(
                 s.work_items.update().where(s.work_items.c.id == work_id).values(metadata=meta)
             )
