@@ -7,7 +7,15 @@
     calls of a scripted session, from one ``agent.tool_use`` to the next
     (server timestamps), vs the SDK's stock unsandboxed ``EnvironmentWorker``;
 (c) snapshot cost per tool call in a 100 MB workspace where one file changed;
-(d) time from a worker's SIGKILL to the session running again (lease TTL 2 s).
+(d) time from a worker's SIGKILL to the session running again (lease TTL 2 s);
+(e) issue 5's "offloading a 1 MB result adds <= 100 ms": in one session, the
+    per-call time of a bash call printing 1 MB (which the control plane
+    offloads through the worker's internal write) vs one printing 10 KB,
+    server -> inwall worker, alternating; the stock SDK worker cannot take
+    part (its bash keeps the last 100 KiB);
+(f) the perimeter's cost: (b)'s no-op round trip with the worker verifying
+    identity tokens (--require-identity), deciding with its own Cedar policy
+    and redacting, vs without.
 
 Run: ``python bench/bench_worker.py [--calls N] [--json]`` as root or a user that can sandbox.
 The server and the workers run as separate processes, as deployed.
@@ -159,7 +167,7 @@ class Proc:
 
 
 @asynccontextmanager
-async def server(root: Path, *args: str) -> AsyncIterator[tuple[str, str]]:
+async def server(root: Path, *args: str) -> AsyncIterator[tuple[str, str, Path]]:
     import httpx2
 
     data = root / f"data-{secrets.token_hex(3)}"
@@ -177,7 +185,7 @@ async def server(root: Path, *args: str) -> AsyncIterator[tuple[str, str]]:
                     except httpx2.TransportError:
                         pass
                     await anyio.sleep(0.05)
-        yield url, (data / "admin_key").read_text().strip()
+        yield url, (data / "admin_key").read_text().strip(), data
     finally:
         await proc.stop()
 
@@ -244,11 +252,31 @@ def end_turn(evs: list[Any]) -> bool:
 # --------------------------------------------------------------------------- (b)
 
 
-async def round_trip(root: Path, calls: int, which: str) -> dict[str, Any]:
-    async with server(root) as (url, admin), AsyncAnthropic(base_url=url, api_key=admin) as client:
+PERIMETER_POLICY = """
+@id("anyone") permit (principal, action, resource);
+@id("no-rm-rf") forbid (principal, action, resource == Inwall::Tool::"bash")
+when { context.input has command && context.input.command like "*rm -rf*" };
+"""
+
+
+def perimeter_args(root: Path, data: Path) -> list[str]:
+    policy = root / f"worker-{secrets.token_hex(3)}.cedar"
+    policy.write_text(PERIMETER_POLICY)
+    return [
+        "--identity-public-key", str(data / "identity_ed25519.pub.pem"),
+        "--require-identity",
+        "--policy", str(policy),
+        "--redact", "api_keys", "--redact", "emails", "--redact", "card_numbers",
+    ]  # fmt: skip
+
+
+async def round_trip(root: Path, calls: int, which: str, *, perimeter: bool = False) -> dict[str, Any]:
+    async with server(root) as (url, admin, data), AsyncAnthropic(base_url=url, api_key=admin) as client:
         env_id, agent_id, key = await setup(client)
+        extra = perimeter_args(root, data) if perimeter else []
+        name = f"rt-{which}-{secrets.token_hex(3)}"
         worker = (
-            inwall_worker(root, f"rt-{which}", url, env_id, key, "--max-idle", "60")
+            inwall_worker(root, name, url, env_id, key, "--max-idle", "60", *extra)
             if which == "inwall"
             else stock_worker(root, url, env_id, key)
         )
@@ -328,7 +356,7 @@ def bench_snapshots() -> dict[str, Any]:
 
 async def recovery(root: Path, ttl: int) -> dict[str, float]:
     async with (
-        server(root, "--lease-ttl", str(ttl)) as (url, admin),
+        server(root, "--lease-ttl", str(ttl)) as (url, admin, _),
         AsyncAnthropic(base_url=url, api_key=admin) as client,
     ):
         env_id, agent_id, key = await setup(client)
@@ -366,25 +394,210 @@ async def recovery(root: Path, ttl: int) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------- (e)
+
+OFFLOAD_ROW = "row %06g abcdefghijklmnopqrstuvwxyz0123"  # 42 bytes a line with its newline
+
+
+def rows_command(nbytes: int) -> str:
+    return f"seq -f '{OFFLOAD_ROW}' 1 {max(1, nbytes // 42)}"
+
+
+async def offload_cost(root: Path, pairs: int) -> dict[str, Any]:
+    """Alternate 1 MB and 10 KB bash calls in one scripted session; time each from its tool_use to the next.
+
+    The gap after a 1 MB call holds: the command, the 1 MB result posted, the
+    control plane's estimate and offload note, its internal ``write`` of the
+    megabyte through the worker (and that call's snapshot), and the next model
+    step. The gap after a 10 KB call holds the command, the post and the model
+    step. Their difference is what offloading a 1 MB result adds. Split at the
+    result event: ``use_to_result`` is the worker's side, ``result_to_next`` the
+    control plane's (offload included).
+    """
+    big, small = rows_command(1_000_000), rows_command(10_000)
+    name = f"offload-{secrets.token_hex(3)}"
+    async with server(root) as (url, admin, _), AsyncAnthropic(base_url=url, api_key=admin) as client:
+        env_id, agent_id, key = await setup(client)
+        worker = inwall_worker(root, name, url, env_id, key, "--max-idle", "60")
+        try:
+            await worker.wait_for("inwall worker ready")
+            lines = ['call bash {"command": "true"}'] * 3  # the sandbox starts before timing
+            for _ in range(pairs):
+                lines += [
+                    f"call bash {json.dumps({'command': big})}",
+                    f"call bash {json.dumps({'command': small})}",
+                ]
+            session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+            await client.beta.sessions.events.send(
+                session.id,
+                events=[{"type": "user.message", "content": [{"type": "text", "text": "\n".join(lines)}]}],
+            )
+            evs = await until(client, session.id, end_turn, within=900)
+        finally:
+            await worker.stop()
+    uses = [e for e in evs if e.type == "agent.tool_use" and e.name == "bash"]
+    results = {e.tool_use_id: e for e in evs if e.type == "user.tool_result"}
+    offloads = [e for e in evs if e.type == "agent.tool_use" and e.name == "write"]
+    gaps: dict[str, list[float]] = {"big": [], "small": []}
+    worker_side: dict[str, list[float]] = {"big": [], "small": []}
+    plane_side: dict[str, list[float]] = {"big": [], "small": []}
+    for use, nxt in itertools.pairwise(uses[3:]):
+        kind = "big" if use.input["command"] == big else "small"
+        t_use, t_next = use.processed_at.timestamp(), nxt.processed_at.timestamp()
+        t_result = results[use.id].processed_at.timestamp()
+        gaps[kind].append(t_next - t_use)
+        worker_side[kind].append(t_result - t_use)
+        plane_side[kind].append(t_next - t_result)
+    sizes = sorted({len("".join(b.text for b in results[u.id].content)) for u in uses[3:]})
+    med = {k: statistics.median(v) for k, v in gaps.items()}
+    # where the offload's time goes: the control plane's step (result -> its write), the SDK runner and
+    # the worker around the write (write -> write's result), the worker's own share of both calls
+    big_uses = [u for u in uses[3:] if u.input["command"] == big]
+    offload_step = [
+        w.processed_at.timestamp() - results[u.id].processed_at.timestamp()
+        for u, w in zip(big_uses, offloads, strict=False)
+    ]
+    write_round = [results[w.id].processed_at.timestamp() - w.processed_at.timestamp() for w in offloads]
+    audit = [json.loads(line) for line in (root / name / "audit.jsonl").read_text().splitlines()]
+    calls = [r for r in audit if r["kind"] == "tool_call"][3:]
+    in_worker = {
+        "bash_1MB": [c["duration_ms"] for c in calls if c["tool"] == "bash" and c["bytes_out"] > 500_000],
+        "bash_10KB": [c["duration_ms"] for c in calls if c["tool"] == "bash" and c["bytes_out"] < 500_000],
+        "offload_write": [c["duration_ms"] for c in calls if c["tool"] == "write"],
+        "offload_write_snapshot": [c["snapshot_ms"] for c in calls if c["tool"] == "write"],
+    }
+    return {
+        "pairs": pairs,
+        "result_sizes_bytes": sizes,
+        "offloaded_results": len(offloads),
+        "bash_1MB_offloaded": summary(gaps["big"]),
+        "bash_10KB": summary(gaps["small"]),
+        "difference_median_ms": round((med["big"] - med["small"]) * 1000, 3),
+        "use_to_result_median_ms": {k: round(statistics.median(v) * 1000, 3) for k, v in worker_side.items()},
+        "result_to_next_use_median_ms": {
+            k: round(statistics.median(v) * 1000, 3) for k, v in plane_side.items()
+        },
+        "control_plane_offload_step_median_ms": round(statistics.median(offload_step) * 1000, 3),
+        "write_use_to_write_result_median_ms": round(statistics.median(write_round) * 1000, 3),
+        "in_worker_median_ms": {k: round(statistics.median(v), 3) for k, v in in_worker.items() if v},
+        "errors": sum(1 for e in evs if e.type == "user.tool_result" and e.is_error),
+    }
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    only = set(args.only or "abcdef")
     out: dict[str, Any] = {}
-    print("(a) warm bash call ...", file=sys.stderr)
-    out["a_warm_bash"] = await bench_warm_bash(args.warm_calls)
-    print("(c) snapshots ...", file=sys.stderr)
-    out["c_snapshots_100MB"] = await anyio.to_thread.run_sync(bench_snapshots)
+    if "a" in only:
+        print("(a) warm bash call ...", file=sys.stderr)
+        out["a_warm_bash"] = await bench_warm_bash(args.warm_calls)
+    if "c" in only:
+        print("(c) snapshots ...", file=sys.stderr)
+        out["c_snapshots_100MB"] = await anyio.to_thread.run_sync(bench_snapshots)
     root = workspace_root()
     try:
-        print("(b) round trip ...", file=sys.stderr)
-        out["b_round_trip"] = {
-            "inwall_worker": await round_trip(root, args.calls, "inwall"),
-            "sdk_stock_worker": await round_trip(root, args.calls, "stock"),
-        }
-        print("(d) recovery after SIGKILL ...", file=sys.stderr)
-        runs = [await recovery(root, args.ttl) for _ in range(args.recoveries)]
-        out["d_recovery"] = {"lease_ttl_s": args.ttl, "runs": runs}
+        if "b" in only:
+            print("(b) round trip ...", file=sys.stderr)
+            out["b_round_trip"] = {
+                "inwall_worker": await round_trip(root, args.calls, "inwall"),
+                "sdk_stock_worker": await round_trip(root, args.calls, "stock"),
+            }
+        if "d" in only:
+            print("(d) recovery after SIGKILL ...", file=sys.stderr)
+            runs = [await recovery(root, args.ttl) for _ in range(args.recoveries)]
+            out["d_recovery"] = {"lease_ttl_s": args.ttl, "runs": runs}
+        if "e" in only:
+            print("(e) offloading a 1 MB result ...", file=sys.stderr)
+            out["e_offload"] = await offload_cost(root, args.offload_pairs)
+        if "f" in only:
+            print("(f) perimeter cost ...", file=sys.stderr)
+            out["f_perimeter"] = {
+                "without": await round_trip(root, args.calls, "inwall"),
+                "with_perimeter": await round_trip(root, args.calls, "inwall", perimeter=True),
+            }
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def report(out: dict[str, Any]) -> None:
+    if "a_warm_bash" in out:
+        a = out["a_warm_bash"]
+        print("(a) warm bash call, no network")
+        for k in (
+            "inwall_sandboxed",
+            "inwall_sandboxed_50_files",
+            "inwall_50_files_just_written",
+            "sdk_unsandboxed",
+        ):
+            print(
+                f"    {k:28s} median {a[k]['median_ms']:7.3f} ms   p90 {a[k]['p90_ms']:7.3f} ms"
+                f"   (n={a[k]['n']})"
+            )
+        print(f"    inwall first call (sandbox start + shim) {a['inwall_first_call_ms']} ms")
+    if "b_round_trip" in out:
+        b = out["b_round_trip"]
+        print("(b) round trip server -> worker -> sandbox, no-op bash, agent.tool_use to agent.tool_use")
+        for k in ("inwall_worker", "sdk_stock_worker"):
+            r = b[k]
+            print(
+                f"    {k:28s} median {r['median_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
+                f"(n={r['n']}, wall {r['wall_s']} s, errors {r['tool_results_with_error']})"
+            )
+    if "c_snapshots_100MB" in out:
+        c = out["c_snapshots_100MB"]
+        print(f"(c) snapshots, {c['workspace']}")
+        print(
+            f"    first full snapshot {c['first_snapshot_s']} s; "
+            f"restore {c['restore_s']} s ({c['restored_files']} files)"
+        )
+        for k in ("unchanged_scan", "one_file_changed"):
+            print(f"    {k:28s} median {c[k]['median_ms']:7.2f} ms   p90 {c[k]['p90_ms']:7.2f} ms")
+    if "d_recovery" in out:
+        d = out["d_recovery"]
+        print(f"(d) SIGKILL to running again, lease TTL {d['lease_ttl_s']} s")
+        for r in d["runs"]:
+            print(
+                f"    rescheduled {r['kill_to_rescheduled_s']:.2f} s, "
+                f"running {r['kill_to_running_s']:.2f} s, "
+                f"interrupted call rerun {r['kill_to_call_rerun_s']:.2f} s"
+            )
+    if "e_offload" in out:
+        e = out["e_offload"]
+        print(
+            f"(e) bash printing 1 MB (offloaded) vs 10 KB, per call, tool_use to next tool_use "
+            f"({e['pairs']} pairs, result sizes {e['result_sizes_bytes']} bytes, "
+            f"{e['offloaded_results']} offloaded, errors {e['errors']})"
+        )
+        for k in ("bash_1MB_offloaded", "bash_10KB"):
+            print(f"    {k:28s} median {e[k]['median_ms']:7.2f} ms   p90 {e[k]['p90_ms']:7.2f} ms")
+        print(f"    difference (median)          {e['difference_median_ms']:7.2f} ms")
+        w, c = e["use_to_result_median_ms"], e["result_to_next_use_median_ms"]
+        print(
+            f"    split: tool_use -> result {w['big']:.2f} vs {w['small']:.2f} ms; "
+            f"result -> next tool_use {c['big']:.2f} vs {c['small']:.2f} ms"
+        )
+        iw = e["in_worker_median_ms"]
+        print(
+            f"    of which: control plane result -> offload write "
+            f"{e['control_plane_offload_step_median_ms']:.2f} ms; "
+            f"write tool_use -> its result {e['write_use_to_write_result_median_ms']:.2f} ms"
+        )
+        print(
+            f"    inside the worker (audit durations): bash 1 MB {iw['bash_1MB']:.2f} ms vs 10 KB "
+            f"{iw['bash_10KB']:.2f} ms; offload write {iw['offload_write']:.2f} ms "
+            f"(snapshot {iw['offload_write_snapshot']:.2f} ms)"
+        )
+    if "f_perimeter" in out:
+        f = out["f_perimeter"]
+        print(
+            "(f) no-op bash round trip with the perimeter (identity required + Cedar + redaction) vs without"
+        )
+        for k in ("with_perimeter", "without"):
+            r = f[k]
+            print(
+                f"    {k:28s} median {r['median_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
+                f"(n={r['n']}, errors {r['tool_results_with_error']})"
+            )
 
 
 def main() -> None:
@@ -393,44 +606,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="sequential calls per round-trip session")
     parser.add_argument("--ttl", type=int, default=2, help="lease TTL for the recovery bench")
     parser.add_argument("--recoveries", type=int, default=3)
+    parser.add_argument("--offload-pairs", type=int, default=15, help="1 MB + 10 KB call pairs for (e)")
+    parser.add_argument("--only", choices=list("abcdef"), action="append", help="run only these (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out = anyio.run(main_async, args)
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    a, b, c, d = out["a_warm_bash"], out["b_round_trip"], out["c_snapshots_100MB"], out["d_recovery"]
-    print("(a) warm bash call, no network")
-    for k in (
-        "inwall_sandboxed",
-        "inwall_sandboxed_50_files",
-        "inwall_50_files_just_written",
-        "sdk_unsandboxed",
-    ):
-        print(
-            f"    {k:28s} median {a[k]['median_ms']:7.3f} ms   p90 {a[k]['p90_ms']:7.3f} ms   (n={a[k]['n']})"
-        )
-    print(f"    inwall first call (sandbox start + shim) {a['inwall_first_call_ms']} ms")
-    print("(b) round trip server -> worker -> sandbox, no-op bash, agent.tool_use to agent.tool_use")
-    for k in ("inwall_worker", "sdk_stock_worker"):
-        r = b[k]
-        print(
-            f"    {k:28s} median {r['median_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
-            f"(n={r['n']}, wall {r['wall_s']} s, errors {r['tool_results_with_error']})"
-        )
-    print(f"(c) snapshots, {c['workspace']}")
-    print(
-        f"    first full snapshot {c['first_snapshot_s']} s; "
-        f"restore {c['restore_s']} s ({c['restored_files']} files)"
-    )
-    for k in ("unchanged_scan", "one_file_changed"):
-        print(f"    {k:28s} median {c[k]['median_ms']:7.2f} ms   p90 {c[k]['p90_ms']:7.2f} ms")
-    print(f"(d) SIGKILL to running again, lease TTL {d['lease_ttl_s']} s")
-    for r in d["runs"]:
-        print(
-            f"    rescheduled {r['kill_to_rescheduled_s']:.2f} s, running {r['kill_to_running_s']:.2f} s, "
-            f"interrupted call rerun {r['kill_to_call_rerun_s']:.2f} s"
-        )
+    report(out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import anyio
 import jwt
 import pytest
@@ -203,3 +204,86 @@ async def test_audit_export_verifies_and_detects_tampering(tmp_path: Path) -> No
     log_file.write_text("\n".join([lines[0], *lines[2:]]) + "\n")  # a deleted record
     result = subprocess.run(verify, capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "broken_link" in result.stdout
+
+
+async def test_worker_identity_names_the_call_a_worker_may_run(tmp_path: Path) -> None:
+    """A denied call (and one still awaiting its verdict) is never the 'pending' one a worker runs."""
+    from inwall.governance import IdentityVerifier, input_digest
+
+    settings = fast_settings(tmp_path / "data")
+    async with running_server(settings) as server, server.client() as admin:
+        env = await admin.beta.environments.create(name="w", config={"type": "self_hosted"})
+        agent = await admin.beta.agents.create(
+            name="a",
+            model="inwall-scripted",
+            tools=[
+                {
+                    "type": "agent_toolset_20260401",
+                    "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
+                }
+            ],
+        )
+        key: Any = await admin.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
+        session = await admin.beta.sessions.create(agent=agent.id, environment_id=env.id)
+        await admin.beta.sessions.events.send(
+            session.id,
+            events=[
+                {
+                    "type": "user.message",
+                    "content": [{"type": "text", "text": call("bash", {"command": "rm -rf x"})}],
+                }
+            ],
+        )
+        with anyio.fail_after(10):
+            while True:
+                events = [e async for e in admin.beta.sessions.events.list(session.id)]
+                asks = [e for e in events if e.type == "agent.tool_use"]
+                if asks:
+                    break
+                await anyio.sleep(0.05)
+        async with server.client(key["key"]) as worker:
+            path = f"/v1/inwall/sessions/{session.id}/identity"
+            with pytest.raises(anthropic.NotFoundError):  # awaiting its verdict: no worker runs it yet
+                await worker.get(path, cast_to=object)
+            await admin.beta.sessions.events.send(
+                session.id,
+                events=[{"type": "user.tool_confirmation", "tool_use_id": asks[0].id, "result": "deny"}],
+            )
+            with anyio.fail_after(10):  # the denial ends that turn
+                while (await admin.beta.sessions.retrieve(session.id)).status != "idle":
+                    await anyio.sleep(0.05)
+            await admin.beta.sessions.events.send(
+                session.id,
+                events=[
+                    {
+                        "type": "user.message",
+                        "content": [{"type": "text", "text": call("read", {"file_path": "notes.txt"})}],
+                    }
+                ],
+            )
+            with anyio.fail_after(10):  # no worker here: the read waits for one
+                while not [
+                    e
+                    async for e in admin.beta.sessions.events.list(session.id)
+                    if getattr(e, "name", "") == "read"
+                ]:
+                    await anyio.sleep(0.05)
+            answer: Any = await worker.get(path, cast_to=object)
+            assert answer["tool"] == "read"
+            named: Any = await worker.get(
+                path,
+                cast_to=object,
+                options={
+                    "params": {"tool": "read", "input_sha256": input_digest({"file_path": "notes.txt"})}
+                },
+            )
+            assert named["tool_use_id"] == answer["tool_use_id"]
+            with pytest.raises(anthropic.NotFoundError):
+                await worker.get(path, cast_to=object, options={"params": {"tool": "bash"}})
+    verifier = IdentityVerifier(
+        (settings.data_dir / "identity_ed25519.pub.pem").read_bytes(), audience=f"inwall-worker:{env.id}"
+    )
+    verified = verifier.verify(
+        answer["token"], tool="read", input_sha256=input_digest({"file_path": "notes.txt"})
+    )
+    assert verified.identity.kind == "admin"

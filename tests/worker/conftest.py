@@ -19,6 +19,8 @@ from anthropic import AsyncAnthropic
 
 from inwall.sandbox import SandboxSettings
 from inwall.sandbox.probe import check_host
+from inwall.worker.identity import IdentitySource
+from inwall.worker.perimeter import Perimeter
 from inwall.worker.recorder import AuditRecorder
 from inwall.worker.runtime import RuntimeOptions, SessionRuntime
 from inwall.worker.snapshots import DirectoryStore
@@ -60,7 +62,10 @@ class Runtime:
 
 
 def runtime_options(
-    root: Path, recorder: AuditRecorder | None, settings: SandboxSettings | None = None
+    root: Path,
+    recorder: AuditRecorder | None,
+    settings: SandboxSettings | None = None,
+    perimeter: Perimeter | None = None,
 ) -> RuntimeOptions:
     return RuntimeOptions(
         settings=settings or SandboxSettings.default(),
@@ -70,6 +75,7 @@ def runtime_options(
         recorder=recorder,
         cancel_grace_s=2.0,
         kill_grace_s=0.5,
+        perimeter=perimeter,
     )
 
 
@@ -80,10 +86,20 @@ async def runtime(ws_root: Path) -> AsyncIterator[Runtime]:
 
 
 class session_runtime:
-    def __init__(self, root: Path, *, session_id: str = "sesn_test", settings: SandboxSettings | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        session_id: str = "sesn_test",
+        settings: SandboxSettings | None = None,
+        perimeter: Perimeter | None = None,
+        identity: IdentitySource | None = None,
+    ):
         self.root = root
         self.session_id = session_id
         self.settings = settings
+        self.perimeter = perimeter
+        self.identity = identity
 
     async def __aenter__(self) -> Runtime:
         from inwall.audit import AuditLog
@@ -91,7 +107,10 @@ class session_runtime:
         self.audit_path = self.root / "audit.jsonl"
         self.recorder = AuditRecorder(AuditLog(self.audit_path), sync=True)
         self.rt = SessionRuntime(
-            runtime_options(self.root, self.recorder, self.settings), self.session_id, work_id="work_t"
+            runtime_options(self.root, self.recorder, self.settings, self.perimeter),
+            self.session_id,
+            work_id="work_t",
+            identity=self.identity,
         )
         await self.rt.__aenter__()
         return Runtime(self.rt, {t.name: t for t in self.rt.tools()}, self.root, self.audit_path)

@@ -87,3 +87,64 @@ def test_cli_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.max_sessions == 3 and c.keep_snapshots == 2 and c.max_idle == 5 and c.drain_timeout_s == 7
     assert c.snapshot_root == tmp_path / "s" and c.audit_path == tmp_path / "a.jsonl"
     assert c.environment_key == "from-env"
+
+
+def test_perimeter_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inwall.governance import IdentityKeys
+    from inwall.worker.perimeter import Perimeter
+
+    IdentityKeys.load_or_create(tmp_path / "cp")
+    policy = tmp_path / "worker.cedar"
+    policy.write_text('@id("all") permit (principal, action, resource);\n')
+    base = ["--base-url", "http://127.0.0.1:9", "--environment-id", "env_x", "--workdir", str(tmp_path)]
+    monkeypatch.setenv("ANTHROPIC_ENVIRONMENT_KEY", "k")
+    args = build_parser().parse_args(
+        [
+            *base,
+            "--identity-public-key",
+            str(tmp_path / "cp" / "identity_ed25519.pub.pem"),
+            "--require-identity",
+            "--policy",
+            str(policy),
+            "--redact",
+            "api_keys",
+            "--redact",
+            "emails",
+            "--redact-pattern",
+            r"ticket-\d+",
+        ]
+    )
+    c = config_from_args(args)
+    assert c.require_identity and c.policy == policy and c.redact == ("api_keys", "emails")
+    assert c.redact_patterns == (r"ticket-\d+",)
+    p = Perimeter.load(
+        environment_id=c.environment_id,
+        identity_public_key=c.identity_public_key,
+        require_identity=c.require_identity,
+        policy=c.policy,
+        redact=c.redact,
+        redact_patterns=c.redact_patterns,
+    )
+    assert p is not None and p.wants_token and p.checks_calls
+    described = p.describe()
+    assert described["identity"] == "required" and described["redact"] == ["api_keys", "emails", "custom"]
+    assert "worker.cedar with 1 policies" in described["policy"]
+    # nothing asked for: no perimeter, no per-call cost
+    assert Perimeter.load(environment_id="env_x") is None
+    # --require-identity without the key it needs
+    with pytest.raises(ConfigError, match="--identity-public-key"):
+        config_from_args(build_parser().parse_args([*base, "--require-identity"]))
+    with pytest.raises(ConfigError, match="--policy-interval"):
+        config_from_args(build_parser().parse_args([*base, "--policy-interval", "0"]))
+    for bad in (
+        {"identity_public_key": tmp_path / "missing.pem"},
+        {"identity_public_key": policy},  # not a PEM key
+        {"policy": tmp_path / "missing.cedar"},
+        {"redact": ("passwords",)},
+        {"redact_patterns": ("(unclosed",)},
+    ):
+        with pytest.raises(ConfigError):
+            Perimeter.load(environment_id="env_x", **bad)  # type: ignore[arg-type]
+    policy.write_text("permit (principal, action, resource")  # broken at start: no policy to fall back to
+    with pytest.raises(ConfigError, match=r"worker\.cedar"):
+        Perimeter.load(environment_id="env_x", policy=policy)

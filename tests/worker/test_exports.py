@@ -10,6 +10,8 @@ MODULES = [
     "inwall.worker",
     "inwall.worker.config",
     "inwall.worker.diagnose",
+    "inwall.worker.identity",
+    "inwall.worker.perimeter",
     "inwall.worker.program",
     "inwall.worker.protocol",
     "inwall.worker.recorder",

@@ -6,6 +6,12 @@ non-ToolError exception) is compared after the root path is replaced by
 ``<W>``. The first test runs our tools in-process (the shim's op handlers
 behind the real tool objects, no sandbox) over a large table; the second runs
 a subset through a real bubblewrap sandbox.
+
+One deliberate deviation (:data:`DEVIATIONS`): bash returns up to the
+worker's output limit (8 MiB by default) where the SDK keeps the last
+100 KiB, so a large output reaches the control plane whole and is offloaded
+there. With the limit set to the SDK's 100 KiB, every case matches again,
+which pins the truncation beyond the limit to the SDK's behaviour.
 """
 
 from __future__ import annotations
@@ -160,12 +166,27 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+SEQ_30000 = "\n".join(str(i) for i in range(1, 30001))
+# (tool, input) -> our exact result, where the SDK's differs on purpose (see the module docstring)
+DEVIATIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("bash", json.dumps({"command": "seq 1 30000"})): (
+        "ok",
+        SEQ_30000,
+    ),  # 169 KB: whole, not the last 100 KiB
+}
+
+
 class LocalShim:
     """The shim's op handlers in-process: our tool objects without the sandbox (a real twin, not a mock)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, bash_output_bytes: int | None = None) -> None:
         self.shim = _shim.Shim(str(workdir))
         self.next_id = 0
+        if bash_output_bytes is not None:  # as the worker sets it: in the hello
+            reply = _shim.handle(
+                self.shim, {"id": 0, "op": "hello", "args": {"bash_output_bytes": bash_output_bytes}}
+            )
+            assert reply["ok"], reply
 
     async def call(self, tool: str, args: dict[str, Any], **_: Any) -> Any:
         self.next_id += 1
@@ -199,7 +220,12 @@ async def run_tool(tool: Any, args: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def compare(
-    cases: Sequence[tuple[str, dict[str, Any]]], sdk_root: Path, ours: dict[str, Any], our_root: Path
+    cases: Sequence[tuple[str, dict[str, Any]]],
+    sdk_root: Path,
+    ours: dict[str, Any],
+    our_root: Path,
+    *,
+    deviations: dict[tuple[str, str], tuple[str, str]] | None = None,
 ) -> None:
     ctx = AgentToolContext(workdir=sdk_root)
     sdk = {t.name: t for t in beta_agent_toolset_20260401(ctx)}
@@ -212,6 +238,12 @@ async def compare(
                 tool == "grep"
             ):  # ripgrep searches files in parallel: its line order varies run to run, SDK's too
                 want, got = ((w[0], "\n".join(sorted(w[1].split("\n")))) for w in (want, got))
+            deviation = (deviations or {}).get((tool, json.dumps(args)))
+            if deviation is not None:
+                # the SDK cut this one; ours is whole, and the SDK's tail is the end of ours
+                assert want[1].startswith("[output truncated]\n"), want[1][:100]
+                assert deviation[1].endswith(want[1].removeprefix("[output truncated]\n"))
+                want = deviation
             if want != got:
                 mismatches.append(f"{tool} {args}:\n  sdk:  {want!r:.600}\n  ours: {got!r:.600}")
         assert not mismatches, "\n".join(mismatches)
@@ -231,7 +263,66 @@ async def test_toolset_matches_the_sdk_in_process(tmp_path: Path) -> None:
     ours = {t.name: t for t in sandboxed_toolset(local)}  # type: ignore[arg-type]  # LocalShim is the runtime's twin
     assert tuple(ours) == TOOL_NAMES
     try:
-        await compare(CASES, sdk_root, ours, our_root)
+        await compare(CASES, sdk_root, ours, our_root, deviations=DEVIATIONS)
+    finally:
+        await local.aclose()
+
+
+async def test_with_the_sdks_output_limit_bash_truncates_exactly_as_the_sdk(tmp_path: Path) -> None:
+    sdk_root, our_root = tmp_path / "sdk", tmp_path / "ours"
+    for root in (sdk_root, our_root):
+        root.mkdir()
+        populate(root)
+    local = LocalShim(our_root, bash_output_bytes=_shim.SDK_BASH_OUTPUT_LIMIT)
+    ours = {t.name: t for t in sandboxed_toolset(local)}  # type: ignore[arg-type]
+    bash_cases = [c for c in CASES if c[0] == "bash"] + [("bash", {"command": "seq 1 300000"})]
+    try:
+        await compare(
+            bash_cases, sdk_root, ours, our_root
+        )  # no deviations: seq 1 30000 is cut as the SDK cuts it
+    finally:
+        await local.aclose()
+
+
+def _expected_tail(output: bytes, limit: int) -> str:
+    """What the SDK's algorithm keeps of ``output`` under ``limit``: the stream's tail, sentinel line off."""
+    sentinel_line = b"\n__ANT_CMD_" + b"0" * 32 + b"_DONE__0\n"
+    kept = (output + sentinel_line)[-limit:]
+    return "[output truncated]\n" + kept[: -len(sentinel_line)].decode().rstrip("\n")
+
+
+async def test_bash_output_up_to_the_limit_is_whole_and_beyond_it_keeps_the_tail(tmp_path: Path) -> None:
+    limit = 64 * 1024
+    local = LocalShim(tmp_path, bash_output_bytes=limit)
+    bash = {t.name: t for t in sandboxed_toolset(local)}["bash"]  # type: ignore[arg-type]
+    try:
+        # under the limit: whole (the SDK would have kept this whole too)
+        under = await bash.call({"command": "seq 1 10000"})
+        assert under == "\n".join(str(i) for i in range(1, 10001))
+        # far over the limit (the buffer is trimmed many times): the SDK's tail form
+        full = "".join(f"{i}\n" for i in range(1, 200001)).encode()
+        over = await bash.call({"command": "seq 1 200000"})
+        assert over == _expected_tail(full, limit)
+        assert len(over.encode()) <= limit
+        # positive control: the shell still works after both
+        assert await bash.call({"command": "echo still-here"}) == "still-here"
+    finally:
+        await local.aclose()
+
+
+async def test_a_bash_result_always_fits_the_control_planes_request_limit(tmp_path: Path) -> None:
+    local = LocalShim(tmp_path)  # the default limit, 8 MiB
+    bash = {t.name: t for t in sandboxed_toolset(local)}["bash"]  # type: ignore[arg-type]
+    try:
+        # 2 MiB of control characters: under the byte limit, but 12 MiB once JSON-escaped
+        ctl = await bash.call({"command": "head -c 2097152 /dev/zero | tr '\\0' '\\1'; echo; echo end"})
+        body = ctl.removeprefix("[output truncated]\n")
+        assert ctl.startswith("[output truncated]\n") and body.endswith("\x01\nend")
+        escaped = len(json.dumps(body, ensure_ascii=False).encode()) - 2
+        assert _shim.RESULT_JSON_CEILING - 64 <= escaped <= _shim.RESULT_JSON_CEILING
+        # positive control: 2 MiB of text is returned whole
+        text = await bash.call({"command": "head -c 2097152 /dev/zero | tr '\\0' 'a'; echo"})
+        assert text == "a" * 2097152
     finally:
         await local.aclose()
 
@@ -257,7 +348,7 @@ async def test_toolset_matches_the_sdk_in_the_sandbox(ws_root: Path, tmp_path: P
         if os.geteuid() == 0:
             for p in [r.workspace, *r.workspace.rglob("*")]:
                 os.chown(p, 65534, 65534, follow_symlinks=False)
-        await compare(CASES, sdk_root, r.tools, r.workspace)
+        await compare(CASES, sdk_root, r.tools, r.workspace, deviations=DEVIATIONS)
         # positive control: the calls above really ran in the sandbox (its uid, its private /tmp)
         proof = await r.rt.run_call("bash", {"restart": True})
         proof = await r.rt.run_call(

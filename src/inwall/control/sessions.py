@@ -372,35 +372,65 @@ class SessionService:
                         )
         return {"data": echoed}
 
-    async def pending_tool_use(self, session_id: str, who: Principal) -> dict[str, Any]:
-        """The oldest built-in tool call still waiting for a worker (the one a worker is about to run)."""
+    async def pending_tool_use(
+        self, session_id: str, who: Principal, *, tool: str | None = None, input_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """The built-in call a worker is about to run: the oldest one it may run that has no result.
+
+        Calls the control plane refused, calls the user denied and ``always_ask`` calls
+        still waiting for a verdict are skipped: no worker runs them. ``tool`` and
+        ``input_sha256`` pick the oldest call that matches, for a worker that knows
+        what it is about to run.
+        """
+        from inwall.governance import input_digest
+
         if who.kind not in ("environment", "session", "admin"):
             raise PermissionDenied("identity tokens are issued to the worker serving the session")
-        result = sa.alias(s.events)
+        answered = sa.alias(s.events)
         has_result = (
-            sa.select(result.c.id)
+            sa.select(answered.c.id)
             .where(
-                result.c.session_id == session_id,
-                result.c.ref_id == s.events.c.id,
-                result.c.ref_kind == "result",
+                answered.c.session_id == session_id,
+                answered.c.ref_id == s.events.c.id,
+                answered.c.ref_kind == "result",
             )
             .exists()
         )
         async with self._db.read() as conn:
             row = await self._row(conn, session_id, who)
-            event = (
+            candidates = (
                 await conn.execute(
-                    sa.select(s.events.c.body, s.events.c.internal)
+                    sa.select(s.events.c.id, s.events.c.body, s.events.c.internal)
                     .where(
                         s.events.c.session_id == session_id, s.events.c.type == "agent.tool_use", ~has_result
                     )
                     .order_by(s.events.c.seq)
-                    .limit(1)
+                    .limit(100)
                 )
-            ).first()
-        if event is None or (event.internal or {}).get("refused"):
-            raise NotFound(f"session {session_id} has no tool call waiting for a worker")
-        return {"session": dict(row), "event": event.body}
+            ).all()
+            verdicts = {
+                r.ref_id: (r.body or {}).get("result")
+                for r in await conn.execute(
+                    sa.select(s.events.c.ref_id, s.events.c.body).where(
+                        s.events.c.session_id == session_id,
+                        s.events.c.ref_kind == "confirmation",
+                        s.events.c.ref_id.in_([c.id for c in candidates]),
+                    )
+                )
+            }
+        for candidate in candidates:
+            body = candidate.body
+            permission = body.get("evaluated_permission") or "allow"
+            if (candidate.internal or {}).get("refused") or permission == "deny":
+                continue
+            if permission == "ask" and verdicts.get(candidate.id) != "allow":
+                continue
+            if tool is not None and body.get("name") != tool:
+                continue
+            if input_sha256 is not None and input_digest(body.get("input") or {}) != input_sha256:
+                continue
+            return {"session": dict(row), "event": body}
+        raise NotFound(f"session {session_id} has no tool call waiting for a worker")
 
     async def _check_reference(self, tx: Tx, session_id: str, payload: dict[str, Any]) -> None:
         kind = payload["type"]

@@ -76,8 +76,33 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Issuer prefixes and lengths of the networks that matter (Visa, Mastercard, Amex, Discover,
+# JCB, Diners, UnionPay). Requiring a real issuer range as well as Luhn keeps ordinary
+# numbers — ``seq`` output, ids, timestamps — from being taken for cards.
+_ISSUERS: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({13, 16, 19})),
+    ("51", "55", frozenset({16})),
+    ("2221", "2720", frozenset({16})),
+    ("34", "34", frozenset({15})),
+    ("37", "37", frozenset({15})),
+    ("6011", "6011", frozenset({16, 19})),
+    ("644", "649", frozenset({16, 19})),
+    ("65", "65", frozenset({16, 19})),
+    ("3528", "3589", frozenset({16, 17, 18, 19})),
+    ("300", "305", frozenset({14, 16, 19})),
+    ("36", "36", frozenset({14, 16, 19})),
+    ("38", "39", frozenset({16, 19})),
+    ("62", "62", frozenset({16, 17, 18, 19})),
+)
+
+
 def _card(digits: str) -> bool:
-    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits)
+    if not 13 <= len(digits) <= 19:
+        return False
+    issued = any(
+        low <= digits[: len(low)] <= high and len(digits) in lengths for low, high, lengths in _ISSUERS
+    )
+    return issued and luhn_ok(digits)
 
 
 def _grouped_like_a_card(groups: Sequence[str]) -> bool:
@@ -115,7 +140,12 @@ def _cards(text: str, marker: str) -> tuple[str, int]:
         i = 0
         while i < len(digits):
             hit = None
-            for j in range(len(digits), i, -1):
+            # A card has at most 19 digits, so at most 19 groups: bounding the window keeps
+            # long runs of digit groups (``seq -s " " 1 3000``) linear instead of cubic.
+            # Inside a long run of digit groups (a table, ``seq`` output) only an unbroken
+            # number can be a card: a printed card stands apart from its neighbours.
+            widest = 1 if len(digits) > 6 else 19
+            for j in range(min(len(digits), i + widest), i, -1):
                 candidate = "".join(digits[i:j])
                 if len(candidate) > 19:
                     continue

@@ -1,4 +1,5 @@
-"""The environment worker: the SDK's ``EnvironmentWorker`` with every tool sandboxed, plus snapshots.
+"""The environment worker: the SDK's ``EnvironmentWorker`` with every tool sandboxed, plus snapshots
+and the perimeter's own governance (identity tokens, a Cedar policy, redaction).
 
 Public names are imported lazily so that ``import inwall.worker`` stays cheap.
 """
@@ -12,16 +13,23 @@ if TYPE_CHECKING:
     from typing import Any
 
     from inwall.worker.config import WorkerConfig
+    from inwall.worker.identity import ControlPlaneIdentity, IdentitySource, StaticIdentity
+    from inwall.worker.perimeter import Admission, Perimeter
     from inwall.worker.program import Worker, main, run_worker
     from inwall.worker.runtime import RuntimeOptions, SessionRuntime, ToolOutcome
     from inwall.worker.snapshots import DirectoryStore, SnapshotStore, WorkspaceSnapshots, collect_garbage
     from inwall.worker.tools import sandboxed_toolset
 
 __all__ = [
+    "Admission",
+    "ControlPlaneIdentity",
     "DirectoryStore",
+    "IdentitySource",
+    "Perimeter",
     "RuntimeOptions",
     "SessionRuntime",
     "SnapshotStore",
+    "StaticIdentity",
     "ToolOutcome",
     "Worker",
     "WorkerConfig",
@@ -34,6 +42,11 @@ __all__ = [
 
 _WHERE = {
     "WorkerConfig": "config",
+    "ControlPlaneIdentity": "identity",
+    "IdentitySource": "identity",
+    "StaticIdentity": "identity",
+    "Admission": "perimeter",
+    "Perimeter": "perimeter",
     "Worker": "program",
     "main": "program",
     "run_worker": "program",

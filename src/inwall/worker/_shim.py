@@ -26,6 +26,19 @@ copied, and tests compare both implementations on the same inputs. Where
 the SDK has a race (a dead shell can surface ``BrokenResourceError()``
 before the process is reaped) this file returns the settled answer
 ("bash session terminated; restart required") every time.
+
+One deliberate deviation: **bash returns up to ``bash_output_bytes`` of
+output** (the host sets it from the sandbox's ``inwall.limits.output_bytes``,
+at most 8 MiB, the default), where the SDK keeps only the last 100 KiB
+(:data:`SDK_BASH_OUTPUT_LIMIT`). The control plane offloads any result over
+its token threshold to a file in the workspace and shows the model a note
+(issue 5), and it can only do that with a result that reached it whole: a
+1 MB build log cut to its last 100 KiB by the worker is lost, not offloaded.
+Beyond the limit the SDK's behaviour holds: the tail is kept behind an
+``[output truncated]`` line. Independently, the text's JSON form is kept
+under :data:`RESULT_JSON_CEILING` (9 MiB; the tail again), because newlines
+and control characters take 2 to 6 bytes once escaped and the result must
+fit the control plane's 10 MiB request limit.
 """
 
 # ruff: noqa: TRY300, TRY301 - the file tools keep the SDK's control flow line for line, so the two compare
@@ -54,7 +67,9 @@ from stat import S_ISLNK, S_ISREG
 from types import FrameType
 from typing import Any
 
-BASH_OUTPUT_LIMIT = 100 * 1024
+SDK_BASH_OUTPUT_LIMIT = 100 * 1024  # the SDK's bash keeps this much; see the module docstring
+DEFAULT_BASH_OUTPUT_BYTES = 8 * 1024 * 1024
+RESULT_JSON_CEILING = 9 * 1024 * 1024  # a bash result's text, JSON-escaped, under the 10 MiB request limit
 BASH_DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 DEFAULT_MAX_IMAGE_BASE64_BYTES = 5 * 1024 * 1024
@@ -207,9 +222,19 @@ class BashShell:
             self.proc.wait(2)
 
     def exec(
-        self, cmd: str, timeout: float, cancelled: Callable[[], bool]
+        self,
+        cmd: str,
+        timeout: float,
+        cancelled: Callable[[], bool],
+        limit: int = DEFAULT_BASH_OUTPUT_BYTES,
     ) -> tuple[str, int, dict[str, Any]]:
-        """Run one command; (output, exit code, meta). Raises TimeoutError, RuntimeError or Cancelled."""
+        """Run one command; (output, exit code, meta). Raises TimeoutError, RuntimeError or Cancelled.
+
+        Keeps the last ``limit`` bytes, as the SDK keeps its last 100 KiB. The
+        buffer is trimmed only when it reaches twice the limit and the
+        sentinel is searched for in new bytes only, so a command printing far
+        more than a multi-megabyte limit costs linear time, not quadratic.
+        """
         if self.closed:
             self.dead = True
             raise RuntimeError("bash session terminated; restart required")
@@ -224,9 +249,9 @@ class BashShell:
             raise RuntimeError("bash session terminated; restart required") from None
         fd = self.proc.stdout.fileno()
         buf = bytearray()
-        truncated = False
         total = 0
         marker = sentinel.encode()
+        at = -1  # where the sentinel starts in buf, once seen
         deadline = time.monotonic() + timeout
         eof = False
         while True:
@@ -245,18 +270,22 @@ class BashShell:
                 eof = True
                 break
             total += len(chunk)
+            seen = len(buf)
             buf.extend(chunk)
-            if len(buf) > BASH_OUTPUT_LIMIT:
-                del buf[: len(buf) - BASH_OUTPUT_LIMIT]
-                truncated = True
-            at = buf.find(marker)
+            if at < 0:
+                at = buf.find(marker, max(0, seen - len(marker) + 1))
             if at >= 0 and buf.find(b"\n", at + len(marker)) >= 0:
                 break
+            if len(buf) > 2 * limit and at < 0:
+                del buf[: len(buf) - limit]
         if cancelled():
             self.kill()
             raise Cancelled()
         if eof:  # the command ended the shell (`exit`, a syntax error): settle its state now
             self.kill()
+        truncated = total > limit
+        if len(buf) > limit:
+            del buf[: len(buf) - limit]
         text = _ANSI.sub("", buf.decode(errors="replace"))
         meta: dict[str, Any] = {"output_bytes": total, "truncated": truncated}
         idx = text.rfind(sentinel)
@@ -269,9 +298,31 @@ class BashShell:
             code = int(tail.splitlines()[0]) if tail else -1
         except ValueError:
             code = -1
+        out, cut = _fit_json(out, RESULT_JSON_CEILING)
+        if cut:
+            meta["truncated"] = truncated = True
         if truncated:
             out = "[output truncated]\n" + out
         return out, code, meta
+
+
+def _fit_json(text: str, limit: int) -> tuple[str, bool]:
+    """The tail of ``text`` whose JSON string body is at most ``limit`` bytes; True if it was cut.
+
+    A JSON string takes at most 6 bytes per character (``\\u0001``), so most
+    outputs skip the measuring. Cutting is proportional and converges in a
+    few rounds.
+    """
+    if len(text) * 6 <= limit:
+        return text, False
+    size = len(json.dumps(text, ensure_ascii=False).encode()) - 2
+    cut = False
+    while size > limit and text:
+        keep = max(0, min(len(text) - 1, int(len(text) * limit / size)))
+        text = text[len(text) - keep :]
+        size = len(json.dumps(text, ensure_ascii=False).encode()) - 2
+        cut = True
+    return text, cut
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -295,6 +346,7 @@ class Shim:
         self.max_image_base64_bytes: int | None = DEFAULT_MAX_IMAGE_BASE64_BYTES
         self.max_pdf_bytes: int | None = DEFAULT_MAX_PDF_BYTES
         self.bash: BashShell | None = None
+        self.bash_output_bytes = DEFAULT_BASH_OUTPUT_BYTES
         self.cancel_requested = False
         self.child: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
@@ -328,6 +380,8 @@ class Shim:
             self.explicit_max_file_bytes = True
         if "env" in args:
             self.env.update({str(k): str(v) for k, v in dict(args["env"]).items()})
+        if "bash_output_bytes" in args:
+            self.bash_output_bytes = max(1, int(args["bash_output_bytes"]))
         info = {
             "pid": os.getpid(),
             "uid": os.getuid(),
@@ -378,7 +432,7 @@ class Shim:
         try:
             if self.bash is None:
                 self.bash = BashShell(self.workdir, self.env)
-            out, code, meta = self.bash.exec(command, timeout, self.cancelled)
+            out, code, meta = self.bash.exec(command, timeout, self.cancelled, self.bash_output_bytes)
         except TimeoutError as e:
             raise ToolFailure(
                 f"bash: {e}", {"timed_out": True, "capped": capped, "timeout_s": timeout}

@@ -35,6 +35,17 @@ class WorkerConfig:
     worker_id: str | None = None
     gc_interval_s: float = 600.0
     gc_grace_s: float = 3600.0
+    #: the control plane's identity public key (PEM), pinned: tokens are verified against it
+    identity_public_key: Path | None = None
+    #: refuse every call without a valid identity token
+    require_identity: bool = False
+    #: the worker's own Cedar policy (hot-reloaded)
+    policy: Path | None = None
+    #: built-in redaction patterns (api_keys, card_numbers, emails, secret_assignments)
+    redact: tuple[str, ...] = ()
+    #: custom redaction regexes
+    redact_patterns: tuple[str, ...] = ()
+    policy_watch_interval_s: float = 2.0
 
     @classmethod
     def resolve(
@@ -86,6 +97,12 @@ class WorkerConfig:
             raise ConfigError("--max-idle must be positive")
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must be an http(s) URL, got {self.base_url!r}")
+        if self.policy_watch_interval_s <= 0:
+            raise ConfigError("--policy-interval must be positive")
+        if self.require_identity and self.identity_public_key is None:
+            raise ConfigError(
+                "--require-identity needs --identity-public-key (the control plane's public key)"
+            )
 
     @property
     def sessions_dir(self) -> Path:

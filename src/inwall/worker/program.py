@@ -10,7 +10,8 @@ and serves Anthropic's hosted control plane as well as ``inwall server``.
 What the SDK's ``EnvironmentWorker.run`` does not do, this adds: up to
 ``max_sessions`` items at once (one poll loop, one task per item, a
 semaphore), a sandbox and workspace per session, snapshots, an audit trail,
-and a drain on SIGTERM.
+a drain on SIGTERM, and the perimeter's own checks (identity tokens, a Cedar
+policy, redaction: :mod:`inwall.worker.perimeter`).
 
 Draining: stop claiming; cancel every item's flow, which lets the SDK
 runner finish the call in flight (it runs shielded) and post its result;
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
     from anthropic.types.beta.environments import BetaSelfHostedWork
 
+    from inwall.governance import PolicyEngine
     from inwall.sandbox import SandboxSettings
+    from inwall.worker.perimeter import Perimeter
 
 __all__ = ["EXIT_CONFIG", "EXIT_NO_SANDBOX", "Worker", "build_parser", "configure", "main", "run_worker"]
 
@@ -76,6 +79,7 @@ class Worker:
         self.settings: SandboxSettings | None = None
         self.store: DirectoryStore | None = None
         self.recorder: AuditRecorder | None = None
+        self.perimeter: Perimeter | None = None
         self.active: dict[str, _Active] = {}
         self._idle = anyio.Event()
         self._idle.set()
@@ -122,6 +126,7 @@ class Worker:
         self.settings = settings
         # with --audit-sync the log fsyncs every append; otherwise the recorder fsyncs in groups
         self.recorder = AuditRecorder(AuditLog(c.audit_path, fsync=c.audit_sync), sync=c.audit_sync)
+        self.perimeter = self._load_perimeter(self.recorder)
         python = sandbox_python(uid, gid)
         return RuntimeOptions(
             settings=settings,
@@ -131,7 +136,38 @@ class Worker:
             keep_snapshots=c.keep_snapshots,
             recorder=self.recorder,
             python=python,
+            perimeter=self.perimeter,
         )
+
+    def _load_perimeter(self, recorder: AuditRecorder) -> Perimeter | None:
+        from inwall.worker.perimeter import Perimeter  # governance (Cedar, JWT) only when asked for
+
+        c = self.config
+
+        def rejected(message: str) -> None:
+            recorder.record_nowait("perimeter_policy_rejected", {"message": message[:2000]})
+
+        def reloaded(engine: PolicyEngine) -> None:
+            recorder.record_nowait("perimeter_policy_reloaded", {"policy": engine.describe()})
+
+        perimeter = Perimeter.load(
+            environment_id=c.environment_id,
+            identity_public_key=c.identity_public_key,
+            require_identity=c.require_identity,
+            policy=c.policy,
+            redact=c.redact,
+            redact_patterns=c.redact_patterns,
+            on_policy_error=rejected,
+            on_policy_reload=reloaded,
+        )
+        if perimeter is None:
+            log.info("perimeter: no identity check, no worker policy, no redaction")
+        else:
+            d = perimeter.describe()
+            log.info(
+                "perimeter: identity %s; %s; redact %s", d["identity"], d["policy"], d["redact"] or "off"
+            )
+        return perimeter
 
     async def probe(self, options: RuntimeOptions) -> None:
         """Start one real sandbox and tool process: a host that cannot sandbox fails now, not per call."""
@@ -179,15 +215,21 @@ class Worker:
                 pid=os.getpid(),
                 sandbox_settings=str(c.sandbox_settings) if c.sandbox_settings else None,
                 snapshot_dir=str(c.snapshot_root) if self.store else None,
+                perimeter=self.perimeter.describe() if self.perimeter else None,
             )
             gc_scope = anyio.CancelScope()
             if self.store is not None:
                 background.start_soon(self._gc_loop, self.store, gc_scope)
+            watch_scope = anyio.CancelScope()
+            if self.perimeter is not None:
+                # each call checks the file too; this reports a broken edit while no call runs
+                background.start_soon(self._watch_policy, self.perimeter, watch_scope)
             try:
                 await self._serve(client, options, shutdown, task_status)
             finally:
                 with anyio.CancelScope(shield=True):
                     gc_scope.cancel()
+                    watch_scope.cancel()
                     await recorder.record(
                         "worker_stopped",
                         worker_id=self.worker_id,
@@ -343,7 +385,12 @@ class Worker:
         await self.recorder.record(
             "session_claimed", session_id=session_id, work_id=item.id, worker_id=self.worker_id
         )
-        rt = SessionRuntime(options, session_id, work_id=item.id)
+        identity = None
+        if self.perimeter is not None and self.perimeter.wants_token:
+            from inwall.worker.identity import ControlPlaneIdentity
+
+            identity = ControlPlaneIdentity(client, session_id)
+        rt = SessionRuntime(options, session_id, work_id=item.id, identity=identity)
         try:
             # the runtime (its sandbox) is entered outside the scope a drain cancels: the SDK runner
             # finishes the call in flight, shielded, and that call still needs its sandbox
@@ -378,6 +425,13 @@ class Worker:
                     tool_calls=rt.calls,
                     duration_ms=round((time.monotonic() - started) * 1000, 3),
                 )
+
+    async def _watch_policy(self, perimeter: Perimeter, scope: anyio.CancelScope) -> None:
+        from inwall.governance import PolicyFile
+
+        with scope:
+            if isinstance(perimeter.policy, PolicyFile):
+                await perimeter.policy.watch(self.config.policy_watch_interval_s)
 
     async def _gc_loop(self, store: DirectoryStore, scope: anyio.CancelScope) -> None:
         with scope:
@@ -453,6 +507,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, wait S seconds for calls in flight",
     )
     parser.add_argument("--worker-id", help="id sent with each poll (default: inwall-<host>-<random>)")
+    gov = parser.add_argument_group(
+        "perimeter governance",
+        "the worker's own checks, which hold even if the control plane is misconfigured or compromised",
+    )
+    gov.add_argument(
+        "--identity-public-key",
+        metavar="FILE",
+        help="the control plane's identity key (identity_ed25519.pub.pem in its data directory), pinned: "
+        "each call's identity token is verified against it",
+    )
+    gov.add_argument(
+        "--require-identity",
+        action="store_true",
+        help="refuse every tool call without a valid identity token (otherwise calls with none on offer "
+        "run as the anonymous principal)",
+    )
+    gov.add_argument(
+        "--policy", metavar="FILE", help="the worker's own Cedar policy for tool calls (reloaded when edited)"
+    )
+    gov.add_argument(
+        "--policy-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="also look for policy edits every S seconds between calls (each call checks anyway)",
+    )
+    gov.add_argument(
+        "--redact",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="redact a built-in pattern from tool results: api_keys, card_numbers, emails, "
+        "secret_assignments (repeatable)",
+    )
+    gov.add_argument(
+        "--redact-pattern",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="redact matches of REGEX from tool results (repeatable)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -480,6 +575,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_idle=args.max_idle,
         drain_timeout_s=args.drain_timeout,
         worker_id=args.worker_id,
+        identity_public_key=Path(args.identity_public_key).absolute() if args.identity_public_key else None,
+        require_identity=args.require_identity,
+        policy=Path(args.policy).absolute() if args.policy else None,
+        policy_watch_interval_s=args.policy_interval,
+        redact=tuple(args.redact),
+        redact_patterns=tuple(args.redact_pattern),
     )
 
 

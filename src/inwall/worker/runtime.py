@@ -18,6 +18,17 @@ background task sits in this object's task group):
 Every call is audited (input digest, never the input), and violations the
 sandbox reports or the outcome reveals are appended to the result in a
 ``<sandbox_violations>`` block and recorded as typed audit events.
+
+With a :class:`~inwall.worker.perimeter.Perimeter` configured, each call is
+first admitted by it — the identity token fetched and verified, the
+worker's own policy consulted — under the session's lock, right before the
+call runs; a refused call never reaches the sandbox. Every result, errors
+included, is redacted last, after the violations block is appended, so the
+text the SDK posts is exactly what was redacted and counted. Redaction runs
+on a thread (one per session at a time) with a deadline: a result the
+redactor cannot finish in ``redact_timeout_s`` is withheld, never posted
+unredacted, and the event loop that keeps every session's lease alive is
+not held up meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -37,7 +49,7 @@ from anthropic.lib.tools import ToolError
 from anyio.abc import TaskGroup, TaskStatus
 
 from inwall.audit import canonical_json
-from inwall.errors import ConfigError, InwallError
+from inwall.errors import ConfigError, InwallError, Unavailable
 from inwall.sandbox.violations import EgressDenied, LimitExceeded, Violation, render_violations
 from inwall.worker.diagnose import diagnose_bash, diagnose_denied
 from inwall.worker.recorder import SandboxAudit
@@ -49,10 +61,12 @@ if TYPE_CHECKING:
 
     from inwall.audit import AuditLog
     from inwall.sandbox import SandboxSettings
+    from inwall.worker.identity import IdentitySource
+    from inwall.worker.perimeter import Admission, Perimeter
     from inwall.worker.protocol import Reply
     from inwall.worker.recorder import AuditRecorder
 
-__all__ = ["RuntimeOptions", "SessionRuntime", "ToolOutcome"]
+__all__ = ["BASH_OUTPUT_CEILING", "RuntimeOptions", "SessionRuntime", "ToolOutcome", "bash_output_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,22 @@ _PROXY_DENIAL = re.compile(r"inwall sandbox: egress to \[?([^\s\]]+?)\]?:(\d+) d
 _EGRESS_SETTLE_S = 2.0
 _CHANGES_FILES = frozenset({"bash", "write", "edit"})
 INTERRUPTED = "interrupted: the worker shut down before the call finished; run it again if it is still needed"
+WITHHELD = "The tool result was withheld: it could not be checked for secrets in time."
+#: bash output the worker returns at most: under the control plane's 10 MiB request body limit
+BASH_OUTPUT_CEILING = 8 * MIB
+
+
+def bash_output_limit(settings: SandboxSettings) -> int:
+    """How much bash output a call returns: ``inwall.limits.output_bytes``, at most 8 MiB (the default).
+
+    The SDK keeps 100 KiB; inwall returns more so the control plane can
+    offload a large result instead of the model never seeing most of it
+    (see :mod:`inwall.worker._shim`). The ceiling keeps every result
+    postable: a larger setting still limits commands run by ``inwall
+    sandbox exec``, not what one tool result carries.
+    """
+    cap = settings.limits.output_bytes
+    return BASH_OUTPUT_CEILING if cap is None else max(1, min(cap, BASH_OUTPUT_CEILING))
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,8 @@ class RuntimeOptions:
     cancel_grace_s: float = 5.0
     start_timeout_s: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    perimeter: Perimeter | None = None
+    redact_timeout_s: float = 10.0
 
 
 @dataclass
@@ -95,15 +127,27 @@ class ToolOutcome:
     snapshot_s: float = 0.0
     #: violations this worker inferred (the sandbox audits the ones it reports itself)
     inferred: list[Violation] = field(default_factory=list)
+    #: the perimeter's answer (None when no perimeter is configured)
+    admission: Admission | None = None
+    #: matches replaced in the result, per pattern name
+    redactions: dict[str, int] = field(default_factory=dict)
 
 
 class SessionRuntime:
     """The sandboxed tools of one session; ``async with`` it around the SDK's per-item flow."""
 
-    def __init__(self, options: RuntimeOptions, session_id: str, *, work_id: str | None = None) -> None:
+    def __init__(
+        self,
+        options: RuntimeOptions,
+        session_id: str,
+        *,
+        work_id: str | None = None,
+        identity: IdentitySource | None = None,
+    ) -> None:
         self.options = options
         self.session_id = safe_session_id(session_id)
         self.work_id = work_id
+        self.identity = identity
         self.workspace = options.sessions_dir / self.session_id
         self._tg_cm: Any = None
         self._tg: TaskGroup | None = None
@@ -119,6 +163,7 @@ class SessionRuntime:
         self._inflight: anyio.CancelScope | None = None
         self._draining = False
         self._closed = False
+        self._redact_limiter: anyio.CapacityLimiter | None = None
         self._bash_live = False
         self._bash_lost = False
         self.calls = 0
@@ -129,6 +174,9 @@ class SessionRuntime:
     async def __aenter__(self) -> SessionRuntime:
         self._tg_cm = anyio.create_task_group()
         self._tg = await self._tg_cm.__aenter__()
+        # one redaction thread at a time per session: one that overran its deadline (and still runs,
+        # abandoned) holds the token, so a session cannot pile up runaway threads
+        self._redact_limiter = anyio.CapacityLimiter(1)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -183,22 +231,70 @@ class SessionRuntime:
     async def run_call(
         self, tool: str, args: dict[str, Any], *, raw_input: dict[str, Any] | None = None
     ) -> ToolOutcome:
+        """One call: admitted by the perimeter (if any), run in the sandbox, redacted, audited.
+
+        ``raw_input`` is the input as the model wrote it (the identity token's
+        digest is over it); ``args`` is what the tool validated. Direct callers
+        pass the input as ``args``.
+        """
         start = time.monotonic()
-        digest = hashlib.sha256(canonical_json(raw_input if raw_input is not None else args)).hexdigest()
+        call_input = raw_input if raw_input is not None else args
+        digest = hashlib.sha256(canonical_json(call_input)).hexdigest()
         async with self._lock:
+            admission: Admission | None = None
+            ran = False
             try:
-                out = await self._call_locked(tool, args)
+                perimeter = self.options.perimeter
+                if perimeter is not None and perimeter.checks_calls and not (self._draining or self._closed):
+                    admission = await self._admit(perimeter, tool, call_input, digest)
+                if admission is not None and not admission.allowed:
+                    out = ToolOutcome(tool, False, admission.model_text, [], outcome="denied")
+                else:
+                    ran = True
+                    out = await self._call_locked(tool, args)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     out = ToolOutcome(tool, False, f"tool {tool!r} timed out", [], outcome="cancelled")
-                    await self._after_lost_reply(tool, lost=False)
-                    if tool in _CHANGES_FILES:
-                        out.snapshot_s, _ = await self._snapshot()
+                    out.admission = admission
+                    if ran:
+                        await self._after_lost_reply(tool, lost=False)
+                        if tool in _CHANGES_FILES:
+                            out.snapshot_s, _ = await self._snapshot()
                     await self._finish(out, digest, start)
                 raise
+            out.admission = admission
             await self._finish(out, digest, start)
         self.last = out
         return out
+
+    async def _admit(
+        self, perimeter: Perimeter, tool: str, call_input: dict[str, Any], digest: str
+    ) -> Admission:
+        token: str | None = None
+        problem = ""
+        if perimeter.wants_token:
+            if self.identity is None:
+                problem = "no_identity_source"
+            else:
+                try:
+                    # Name the call: the control plane answers for the oldest pending call that
+                    # matches, so a call it skipped (denied, awaiting a verdict) cannot mislead it.
+                    token = await self.identity.token(tool=tool, input_sha256=digest)
+                except Unavailable as exc:
+                    log.warning("session %s: no identity token: %s", self.session_id, exc.message)
+                    problem = "unavailable"
+        admission = perimeter.admit(
+            tool,
+            call_input,
+            session_id=self.session_id,
+            token=token,
+            token_problem=problem,
+            input_sha256=digest,  # the audit's digest is input_digest's: canonical JSON, SHA-256
+        )
+        if not admission.allowed:
+            why = admission.identity_reason if admission.denied_by == "identity" else "policy"
+            log.info("session %s: %s call denied at the perimeter (%s)", self.session_id, tool, why)
+        return admission
 
     async def _finish(self, out: ToolOutcome, digest: str, start: float) -> None:
         out.duration_s = time.monotonic() - start
@@ -209,6 +305,26 @@ class SessionRuntime:
             await self._audit(
                 "sandbox_violation", session_id=self.session_id, workdir=str(self.workspace), **fields
             )
+        if out.violations:
+            out.content = _with_violations(out.content, out.violations)
+        perimeter = self.options.perimeter
+        extra: dict[str, Any] = {}
+        if out.admission is not None:
+            extra["perimeter"] = out.admission.audit_fields()
+        if perimeter is not None and perimeter.redactor is not None:
+            redacted = await self._redacted(perimeter, out.content)
+            if redacted is None:
+                log.error("session %s: redacting a %s result timed out; withheld", self.session_id, out.tool)
+                out.ok, out.outcome, out.content = False, "withheld", WITHHELD
+                extra["redaction"] = "timed_out"
+                redacted = (WITHHELD, {})
+            out.content, out.redactions = redacted
+            if out.redactions:
+                # A list, not {name: count} (the gateway's form too): the audit log blanks values
+                # under secret-looking keys, and pattern names ("api_keys", a custom "token") are such keys.
+                extra["redactions"] = [
+                    {"pattern": name, "count": count} for name, count in sorted(out.redactions.items())
+                ]
         await self._audit(
             "tool_call",
             session_id=self.session_id,
@@ -222,9 +338,8 @@ class SessionRuntime:
             snapshot_ms=round(out.snapshot_s * 1000, 3),
             bytes_out=_bytes_out(out.content),
             violations=[v.kind for v in out.violations],
+            **extra,
         )
-        if out.violations:
-            out.content = _with_violations(out.content, out.violations)
 
     async def _call_locked(self, tool: str, args: dict[str, Any]) -> ToolOutcome:
         if self._draining or self._closed:
@@ -483,7 +598,12 @@ class SessionRuntime:
                     try:
                         with anyio.fail_after(self.options.start_timeout_s):
                             hello = await client.call(
-                                "hello", {"workdir": str(sandbox.workdir), "env": self.options.extra_env}
+                                "hello",
+                                {
+                                    "workdir": str(sandbox.workdir),
+                                    "env": self.options.extra_env,
+                                    "bash_output_bytes": bash_output_limit(self.options.settings),
+                                },
                             )
                     except BaseException:
                         await client.close(self.options.kill_grace_s)
@@ -512,6 +632,14 @@ class SessionRuntime:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.options.kill_grace_s * 2 + 10):
             await done.wait()
         self._host_stop = self._host_done = None
+
+    async def _redacted(self, perimeter: Perimeter, content: Any) -> tuple[Any, dict[str, int]] | None:
+        """The redacted content and counts, or None when the redactor missed its deadline."""
+        with anyio.move_on_after(self.options.redact_timeout_s):
+            return await anyio.to_thread.run_sync(
+                partial(_redact, perimeter, content), abandon_on_cancel=True, limiter=self._redact_limiter
+            )
+        return None
 
     async def _audit(self, kind: str, **fields: Any) -> None:
         if self.options.recorder is not None:
@@ -561,6 +689,13 @@ def _bytes_out(content: Any) -> int:
                     n += len(str(block.get("source", {}).get("data", "")))
         return n
     return len(repr(content))
+
+
+def _redact(perimeter: Perimeter, content: Any) -> tuple[Any, dict[str, int]]:
+    if isinstance(content, _RemoteException):
+        text, counts = perimeter.redact(content.text)
+        return (_RemoteException(text) if counts else content), counts
+    return perimeter.redact(content)
 
 
 def _with_violations(content: Any, violations: list[Violation]) -> Any:

@@ -109,7 +109,11 @@ async def list_audit(
 
 @router.get("/sessions/{session_id}/identity")
 async def worker_identity(
-    session_id: str, request: Request, who: Principal = Depends(principal)
+    session_id: str,
+    request: Request,
+    tool: str | None = None,
+    input_sha256: str | None = None,
+    who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     """For a worker about to run a tool call: who it runs for, signed by the control plane.
 
@@ -117,7 +121,7 @@ async def worker_identity(
     so the worker can check it belongs to the very call it is executing.
     """
     cp = plane(request)
-    pending = await cp.sessions.pending_tool_use(session_id, who)
+    pending = await cp.sessions.pending_tool_use(session_id, who, tool=tool, input_sha256=input_sha256)
     session, event = pending["session"], pending["event"]
     identity = await cp.gate.identity(session)
     token = cp.identity_issuer.mint(
