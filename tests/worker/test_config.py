@@ -117,14 +117,7 @@ def test_perimeter_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     c = config_from_args(args)
     assert c.require_identity and c.policy == policy and c.redact == ("api_keys", "emails")
     assert c.redact_patterns == (r"ticket-\d+",)
-    p = Perimeter.load(
-        environment_id=c.environment_id,
-        identity_public_key=c.identity_public_key,
-        require_identity=c.require_identity,
-        policy=c.policy,
-        redact=c.redact,
-        redact_patterns=c.redact_patterns,
-    )
+    p = Perimeter.for_worker(c)
     assert p is not None and p.wants_token and p.checks_calls
     described = p.describe()
     assert described["identity"] == "required" and described["redact"] == ["api_keys", "emails", "custom"]

@@ -59,7 +59,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from inwall.errors import ConfigError, InvalidInput
 from inwall.governance import (
@@ -74,6 +74,9 @@ from inwall.governance import (
     ToolRef,
     input_digest,
 )
+
+if TYPE_CHECKING:
+    from inwall.worker.config import WorkerConfig
 
 __all__ = [
     "ANONYMOUS",
@@ -163,6 +166,26 @@ class Perimeter:
             raise ConfigError(
                 "--require-identity needs --identity-public-key (the control plane's public key)"
             )
+
+    @classmethod
+    def for_worker(
+        cls,
+        config: WorkerConfig,
+        *,
+        on_policy_error: Callable[[str], None] | None = None,
+        on_policy_reload: Callable[[PolicyEngine], None] | None = None,
+    ) -> Perimeter | None:
+        """The perimeter a worker's flags ask for, so callers cannot forget one of them."""
+        return cls.load(
+            environment_id=config.environment_id,
+            identity_public_key=config.identity_public_key,
+            require_identity=config.require_identity,
+            policy=config.policy,
+            redact=config.redact,
+            redact_patterns=config.redact_patterns,
+            on_policy_error=on_policy_error,
+            on_policy_reload=on_policy_reload,
+        )
 
     @classmethod
     def load(

@@ -150,16 +150,7 @@ class Worker:
         def reloaded(engine: PolicyEngine) -> None:
             recorder.record_nowait("perimeter_policy_reloaded", {"policy": engine.describe()})
 
-        perimeter = Perimeter.load(
-            environment_id=c.environment_id,
-            identity_public_key=c.identity_public_key,
-            require_identity=c.require_identity,
-            policy=c.policy,
-            redact=c.redact,
-            redact_patterns=c.redact_patterns,
-            on_policy_error=rejected,
-            on_policy_reload=reloaded,
-        )
+        perimeter = Perimeter.for_worker(c, on_policy_error=rejected, on_policy_reload=reloaded)
         if perimeter is None:
             log.info("perimeter: no identity check, no worker policy, no redaction")
         else:
