@@ -12,18 +12,23 @@
 
 The server and the worker are separate processes (``inwall server`` and the
 worker named by --worker), as in production; the bench process is the client.
+``--worker inline`` has no worker process: the bench answers each call itself,
+over raw HTTP/1.1 on the stream it times, so what remains is the control plane
+alone (the SDK's worker spends ~4 ms of Python per call of its own).
 
     python bench/bench_control_plane.py [--calls 200] [--sessions 50] [--per-session 10]
-                                        [--worker stock|inwall]
+                                        [--worker stock|inwall|inline]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -126,6 +131,84 @@ async def one_session(client: AsyncAnthropic, agent_id: str, env_id: str, calls:
     return [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
 
 
+class InlineWorker:
+    """Answers tool calls from the bench process: a raw SSE reader and a raw POST per result."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        self.port = int(port)
+        self.headers = (
+            f"host: {self.host}\r\nx-api-key: {key}\r\nanthropic-version: 2023-06-01\r\n"
+            "anthropic-beta: managed-agents-2026-04-01\r\n"
+        )
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def session(self, client: AsyncAnthropic, agent_id: str, env_id: str, calls: int) -> list[float]:
+        session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+        sse, sse_w = await self._connect()
+        post, post_w = await self._connect()
+        stamps: list[float] = []
+        try:
+            sse_w.write(
+                f"GET /v1/sessions/{session.id}/events/stream HTTP/1.1\r\n{self.headers}"
+                "accept: text/event-stream\r\n\r\n".encode()
+            )
+            script = "\n".join(["call bash " + json.dumps({"command": "true"})] * calls)
+            await client.beta.sessions.events.send(
+                session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": script}]}]
+            )
+            buf = b""
+            while True:
+                data = await sse.read(65536)
+                if not data:
+                    raise RuntimeError("the event stream ended early")
+                buf += data
+                while b"\n\n" in buf:
+                    message, buf = buf.split(b"\n\n", 1)
+                    for line in message.split(b"\n"):
+                        if not line.startswith(b"data: "):
+                            continue
+                        ev = json.loads(line[6:])
+                        if ev["type"] in ("agent.tool_use", "agent.message"):
+                            stamps.append(time.perf_counter())
+                        if ev["type"] == "agent.tool_use":
+                            await self._answer(post, post_w, session.id, ev["id"])
+                        elif ev["type"] == "session.status_idle" and ev["stop_reason"]["type"] == "end_turn":
+                            if len(stamps) != calls + 1:
+                                raise RuntimeError(f"expected {calls} tool calls, saw {len(stamps) - 1}")
+                            return [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
+                        elif ev["type"] == "session.error":
+                            raise RuntimeError(f"session error: {ev['error']}")
+        finally:
+            sse_w.close()
+            post_w.close()
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session_id: str, tool_use_id: str
+    ) -> None:
+        result = {"type": "user.tool_result", "tool_use_id": tool_use_id, "content": []}
+        body = json.dumps({"events": [result]}).encode()
+        writer.write(
+            f"POST /v1/sessions/{session_id}/events HTTP/1.1\r\n{self.headers}"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        reply = await reader.readexactly(length)
+        if status != 200:
+            raise RuntimeError(f"posting a result: {status} {reply[:200]!r}")
+
+
 async def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="inwall-bench-"))
     print(f"data: {root}", file=sys.stderr)
@@ -144,12 +227,17 @@ async def main(args: argparse.Namespace) -> None:
                 name="bench", model="inwall-scripted", tools=[{"type": "agent_toolset_20260401"}]
             )
             key: Any = await client.post(f"/v1/inwall/environments/{env.id}/keys", cast_to=object, body={})
-            worker = start_worker(
-                args.worker, server.base_url, env.id, key["key"], workdir, args.sessions + 4
-            )
+            if args.worker == "inline":
+                inline = InlineWorker(server.base_url, key["key"])
+                session_of = inline.session
+            else:
+                worker = start_worker(
+                    args.worker, server.base_url, env.id, key["key"], workdir, args.sessions + 4
+                )
+                session_of = one_session
 
             with anyio.fail_after(60):
-                await one_session(client, agent.id, env.id, 5)  # warm-up: worker attached, shell started
+                await session_of(client, agent.id, env.id, 5)  # warm-up: worker attached, shell started
             (root / "local").mkdir()
             local = await local_baseline(args.calls, root / "local")
             trips: list[float] = []
@@ -157,7 +245,7 @@ async def main(args: argparse.Namespace) -> None:
                 1, min(args.calls, 20)
             )  # turns of 20 calls: a long transcript is the model's cost, not ours
             for _ in range(max(1, args.calls // per)):
-                trips += await one_session(client, agent.id, env.id, per)
+                trips += await session_of(client, agent.id, env.id, per)
             local_med, trip_med = statistics.median(local), statistics.median(trips)
             print(
                 f"== no-op built-in tool call, {len(trips)} sequential calls in turns of {per}, "
@@ -181,7 +269,7 @@ async def main(args: argparse.Namespace) -> None:
                 async def run(i: int) -> None:
                     nonlocal errors
                     try:
-                        latencies.extend(await one_session(client, agent.id, env.id, args.per_session))
+                        latencies.extend(await session_of(client, agent.id, env.id, args.per_session))
                     except Exception as exc:  # counted, reported
                         errors += 1
                         print(f"  session {i} failed: {exc!r}")
@@ -218,5 +306,5 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--per-session", type=int, default=10)
-    parser.add_argument("--worker", choices=["stock", "inwall"], default="inwall")
+    parser.add_argument("--worker", choices=["stock", "inwall", "inline"], default="inwall")
     anyio.run(main, parser.parse_args())

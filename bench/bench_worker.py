@@ -237,11 +237,18 @@ async def events(client: AsyncAnthropic, sid: str) -> list[Any]:
 async def until(
     client: AsyncAnthropic, sid: str, done: Callable[[list[Any]], bool], within: float
 ) -> list[Any]:
+    """Wait until ``done(events)``, listing the events only once the session is idle.
+
+    Listing a log of megabyte events every 100 ms would load the server (and this
+    two-process machine) far more than the calls being timed; retrieving the
+    session is cheap.
+    """
     with anyio.fail_after(within):
         while True:
-            evs = await events(client, sid)
-            if done(evs):
-                return evs
+            if (await client.beta.sessions.retrieve(sid)).status != "running":
+                evs = await events(client, sid)
+                if done(evs):
+                    return evs
             await anyio.sleep(0.1)
 
 

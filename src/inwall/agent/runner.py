@@ -48,6 +48,7 @@ from inwall.errors import InwallError
 from inwall.governance import Identity, IdentityIssuer, PolicyEngine, input_digest
 from inwall.ids import new_id, now
 from inwall.mcp.types import McpClientPool, McpFailure, McpServerRef
+from inwall.store import prepared
 from inwall.store import schema as s
 from inwall.store.db import Database
 
@@ -156,6 +157,10 @@ class SessionRunner:
                 await self._interrupt(action)
 
     async def _refresh(self) -> None:
+        # Wake-ups are set only after a commit, so one taken before this read is
+        # answered by it, and one set after it stays set. Without taking it, the
+        # runner's own commits would wake it for a second, empty read every step.
+        self.deps.log.bus.take_wake(self.session_id)
         for ev in await self.deps.log.since(self.session_id, self.state.last_seq):
             self.state.apply(ev.seq, ev.body, ev.internal, ev.processed_at is not None)
             if ev.type in ("session.updated", "session.status_terminated", "session.deleted"):
@@ -185,13 +190,7 @@ class SessionRunner:
     async def _load_session(self) -> dict[str, Any]:
         async with self.deps.db.read() as conn:
             row = (
-                (
-                    await conn.execute(
-                        sa.select(s.sessions).where(
-                            s.sessions.c.id == self.session_id, s.sessions.c.deleted_at.is_(None)
-                        )
-                    )
-                )
+                (await conn.execute(prepared.LIVE_SESSION, {"session_id": self.session_id}))
                 .mappings()
                 .first()
             )
@@ -608,13 +607,13 @@ class SessionRunner:
     async def _add_usage(self, tx: Tx, response: ModelResponse) -> None:
         u = response.usage
         await tx.conn.execute(
-            s.sessions.update()
-            .where(s.sessions.c.id == self.session_id)
-            .values(
-                input_tokens=s.sessions.c.input_tokens + u.input_tokens,
-                output_tokens=s.sessions.c.output_tokens + u.output_tokens,
-                cache_read_input_tokens=s.sessions.c.cache_read_input_tokens + u.cache_read_input_tokens,
-            )
+            prepared.ADD_USAGE,
+            {
+                "session_id": self.session_id,
+                "add_input": u.input_tokens,
+                "add_output": u.output_tokens,
+                "add_cache_read": u.cache_read_input_tokens,
+            },
         )
 
     async def _run_mcp(self, call: ToolCall) -> None:

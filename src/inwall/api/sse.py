@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 __all__ = ["encode_event", "event_stream"]
 
 HEARTBEAT = b": ping\n\n"
+_CHUNK_BYTES = 256 * 1024  # coalesce queued events up to this much per write
 FINAL_TYPES = frozenset({"session.status_terminated", "session.deleted"})
 
 
@@ -26,9 +27,17 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 
 async def event_stream(
-    events: ObjectReceiveStream[dict[str, Any]], *, heartbeat_s: float, preface: Sequence[dict[str, Any]] = ()
+    events: MemoryObjectReceiveStream[dict[str, Any]],
+    *,
+    heartbeat_s: float,
+    preface: Sequence[dict[str, Any]] = (),
 ) -> AsyncIterator[bytes]:
-    """Yield encoded events until the session ends or the subscription is cut (a slow reader)."""
+    """Yield encoded events until the session ends or the subscription is cut (a slow reader).
+
+    Events committed together (a model step's span start, tool call and span end)
+    arrive together, so they leave in one chunk: one socket write and one wake-up
+    of the reader instead of one per event, on the tool-call round trip's hot path.
+    """
     yield HEARTBEAT  # flush headers at once so clients know the stream is open
     for ev in preface:
         yield encode_event(ev)
@@ -43,6 +52,17 @@ async def event_stream(
         if scope.cancelled_caught:
             yield HEARTBEAT
             continue
-        yield encode_event(ev)
-        if ev.get("type") in FINAL_TYPES:
+        chunk = [encode_event(ev)]
+        size = len(chunk[0])
+        final = ev.get("type") in FINAL_TYPES
+        while not final and size < _CHUNK_BYTES:
+            try:
+                ev = events.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break  # a closed stream ends at the next receive(), after this chunk is out
+            chunk.append(encode_event(ev))
+            size += len(chunk[-1])
+            final = ev.get("type") in FINAL_TYPES
+        yield b"".join(chunk)
+        if final:
             return

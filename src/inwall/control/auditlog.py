@@ -24,6 +24,7 @@ from inwall.control.pages import decode_cursor, encode_cursor, resolve_limit
 from inwall.control.timefmt import ts
 from inwall.errors import InvalidInput
 from inwall.ids import now, parse_rfc3339
+from inwall.store import prepared
 from inwall.store import schema as s
 from inwall.store.db import Database
 
@@ -71,28 +72,23 @@ class ControlAudit:
             "user_id": user_id,
             **scrub(fields),
         }
-        q = (
-            sa.select(s.audit_records.c.seq, s.audit_records.c.hash)
-            .order_by(s.audit_records.c.seq.desc())
-            .limit(1)
-        )
-        if not self._db.is_sqlite:
-            q = q.with_for_update()
-        last = (await conn.execute(q)).first()
+        head = prepared.AUDIT_HEAD if self._db.is_sqlite else prepared.AUDIT_HEAD_LOCKED
+        last = (await conn.execute(head)).first()
         seq, prev = (0, GENESIS) if last is None else (last.seq + 1, last.hash)
         sealed = seal(body, seq=seq, prev=prev, key=self._key)
         await conn.execute(
-            s.audit_records.insert().values(
-                seq=seq,
-                ts=at,
-                kind=kind,
-                session_id=session_id,
-                user_id=user_id,
-                outcome=outcome,
-                record=sealed,
-                hash=sealed["hash"],
-                exported=False,
-            )
+            prepared.AUDIT_INSERT,
+            {
+                "seq": seq,
+                "ts": at,
+                "kind": kind,
+                "session_id": session_id,
+                "user_id": user_id,
+                "outcome": outcome,
+                "record": sealed,
+                "hash": sealed["hash"],
+                "exported": False,
+            },
         )
         return sealed
 

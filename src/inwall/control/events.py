@@ -22,6 +22,7 @@ from inwall.control.pages import decode_cursor, encode_cursor, resolve_limit
 from inwall.control.timefmt import ts, utc
 from inwall.errors import InvalidInput
 from inwall.ids import new_id, now, parse_rfc3339
+from inwall.store import prepared
 from inwall.store import schema as s
 from inwall.store.db import Database
 
@@ -122,7 +123,7 @@ class Tx:
             )
             out.append(body)
         if rows:
-            await self.conn.execute(s.events.insert(), rows)  # one statement (executemany), in order
+            await self.conn.execute(prepared.EVENT_INSERT, rows)  # one statement (executemany), in order
         self.published.setdefault(session_id, []).extend(out)
         self.woken.add(session_id)
         return out
@@ -200,11 +201,7 @@ class EventLog:
         if conn is None:
             async with self._db.read() as c:
                 return await self.since(session_id, after_seq, c)
-        q = (
-            sa.select(s.events)
-            .where(s.events.c.session_id == session_id, s.events.c.seq > after_seq)
-            .order_by(s.events.c.seq)
-        )
+        params = {"session_id": session_id, "after": after_seq}
         return [
             LoggedEvent(
                 seq=r["seq"],
@@ -214,7 +211,7 @@ class EventLog:
                 internal=r["internal"] or {},
                 processed_at=utc(r["processed_at"]),
             )
-            for r in (await conn.execute(q)).mappings()
+            for r in (await conn.execute(prepared.EVENTS_SINCE, params)).mappings()
         ]
 
     async def list(

@@ -35,6 +35,7 @@ from inwall.control.timefmt import ts, utc
 from inwall.control.work import WorkQueue
 from inwall.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from inwall.ids import new_id, now, parse_rfc3339
+from inwall.store import prepared
 from inwall.store import schema as s
 from inwall.store.db import Database
 
@@ -127,17 +128,7 @@ class SessionService:
         return bool(row["id"] == who.session_id)
 
     async def _row(self, conn: AsyncConnection, session_id: str, who: Principal) -> Mapping[Any, Any]:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(s.sessions).where(
-                        s.sessions.c.id == session_id, s.sessions.c.deleted_at.is_(None)
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = (await conn.execute(prepared.LIVE_SESSION, {"session_id": session_id})).mappings().first()
         if row is None or not self.visible(row, who):
             # Not-visible and not-existing read the same: ids of other tenants are not disclosed.
             raise NotFound(f"session {session_id} not found")
@@ -450,12 +441,7 @@ class SessionService:
         # One round trip: the tool-use event itself and every answer already recorded for it.
         rows = (
             await tx.conn.execute(
-                sa.select(
-                    s.events.c.id, s.events.c.type, s.events.c.body, s.events.c.internal, s.events.c.ref_kind
-                ).where(
-                    s.events.c.session_id == session_id,
-                    sa.or_(s.events.c.id == target_id, s.events.c.ref_id == target_id),
-                )
+                prepared.TOOL_USE_AND_ANSWERS, {"session_id": session_id, "target_id": target_id}
             )
         ).all()
         target = next((r for r in rows if r.id == target_id), None)
