@@ -11,13 +11,20 @@ from pathlib import Path
 import pytest
 
 from inwall.errors import InvalidInput
-from inwall.worker.snapshots import DirectoryStore, WorkspaceSnapshots, collect_garbage, safe_session_id
+from inwall.worker.snapshots import (
+    DirectoryStore,
+    WorkspaceSnapshots,
+    _racy_window_ns,
+    collect_garbage,
+    safe_session_id,
+)
 
 SID = "sesn_snap"
 
 
 def snaps(store: DirectoryStore, ws: Path, **kw: object) -> WorkspaceSnapshots:
     kw.setdefault("racy_window_s", 0.0)
+    kw.setdefault("fine_racy_window_s", kw["racy_window_s"])
     return WorkspaceSnapshots(store, SID, ws, **kw)  # type: ignore[arg-type]
 
 
@@ -91,6 +98,33 @@ def test_racily_clean_files_are_rehashed(ws: Path, store: DirectoryStore) -> Non
     st = f.stat()
     entry.mtime_ns, entry.ctime_ns, entry.racy = st.st_mtime_ns, st.st_ctime_ns, False
     assert not s.take().changed  # without the flag the change would be missed
+
+
+def test_the_racy_window_is_the_timestamps_tick() -> None:
+    """Sub-second stamps come from a jiffy clock (a short window); whole-second ones from a coarse fs."""
+    coarse, fine = 2_000_000_000, 50_000_000
+    assert _racy_window_ns(1_700_000_000_123_456_789, coarse, fine) == fine
+    assert _racy_window_ns(1_700_000_000_000_000_000, coarse, fine) == coarse  # FAT, ext4 with small inodes
+
+
+def test_a_change_is_racy_by_its_ctime_too(ws: Path, store: DirectoryStore) -> None:
+    """``touch -d`` can set mtime back after a write; ctime cannot be set, so it dates the change."""
+    f = ws / "old-looking.txt"
+    f.write_text("new content")
+    os.utime(f, ns=(10**9, 10**9))  # mtime in 1970, ctime now
+    s = snaps(store, ws, racy_window_s=3600.0)  # an hour: by mtime alone, 1970 is long past it
+    s.take()
+    assert s.baseline["old-looking.txt"].racy
+
+
+def test_a_file_older_than_its_tick_is_not_rehashed(ws: Path, store: DirectoryStore) -> None:
+    f = ws / "out.txt"
+    f.write_bytes(b"x" * 100_000)
+    time.sleep(0.1)
+    s = snaps(store, ws, racy_window_s=2.0, fine_racy_window_s=0.05)
+    first = s.take()
+    assert first.hashed_files == 1 and not s.baseline["out.txt"].racy
+    assert s.take().hashed_files == 0
 
 
 def test_restore_reproduces_the_workspace(tmp_path: Path, ws: Path, store: DirectoryStore) -> None:

@@ -451,9 +451,9 @@ class SessionService:
             )
         if (target.internal or {}).get("refused"):
             raise Conflict(f"tool use {target_id} was refused by the control plane and takes no {ref_kind}")
-        refs = {r.ref_kind: r.body for r in rows if r.id != target_id and r.ref_kind}
+        refs = {r.ref_kind: r.verdict for r in rows if r.id != target_id and r.ref_kind}
         kinds = set(refs)
-        denied = (refs.get("confirmation") or {}).get("result") == "deny"
+        denied = refs.get("confirmation") == "deny"
         if ref_kind == "result" and ("result" in kinds or denied):
             # 400, not 409: the SDK's worker retries a 409 for a whole lease TTL, holding up the
             # session's next calls, and no retry can make this result acceptable.
@@ -462,7 +462,7 @@ class SessionService:
         if "result" in kinds:
             raise Conflict(f"tool use {target_id} already has a result")
         if ref_kind == "confirmation":
-            if target.body.get("evaluated_permission") != "ask":
+            if target.evaluated_permission != "ask":
                 raise InvalidInput(f"tool use {target_id} does not need a confirmation")
             if "confirmation" in kinds:
                 raise Conflict(f"tool use {target_id} was already confirmed or denied")

@@ -40,12 +40,28 @@ EVENTS_SINCE = (
 EVENT_INSERT = s.events.insert()
 
 #: The tool-use event and every answer already recorded for it, in one round trip.
+#: Two indexed lookups, not one ``id = ? OR ref_id = ?``: SQLite answers the OR by
+#: walking every event of the session, reading each row past its body (ref_id is
+#: stored after it) — a cost that grew with the session, megabytes per result once
+#: it held offloaded outputs.
+#: Only the two body fields the check reads are extracted (by the database, in C):
+#: the target may be an offload ``write`` whose body holds a megabyte.
 #: params: session_id, target_id
-TOOL_USE_AND_ANSWERS = sa.select(
-    s.events.c.id, s.events.c.type, s.events.c.body, s.events.c.internal, s.events.c.ref_kind
-).where(
-    s.events.c.session_id == sa.bindparam("session_id"),
-    sa.or_(s.events.c.id == sa.bindparam("target_id"), s.events.c.ref_id == sa.bindparam("target_id")),
+_REFERENCE_COLUMNS = (
+    s.events.c.id,
+    s.events.c.type,
+    s.events.c.internal,
+    s.events.c.ref_kind,
+    s.events.c.body["evaluated_permission"].as_string().label("evaluated_permission"),
+    s.events.c.body["result"].as_string().label("verdict"),
+)
+TOOL_USE_AND_ANSWERS = sa.union_all(
+    sa.select(*_REFERENCE_COLUMNS).where(
+        s.events.c.id == sa.bindparam("target_id"), s.events.c.session_id == sa.bindparam("session_id")
+    ),
+    sa.select(*_REFERENCE_COLUMNS).where(
+        s.events.c.session_id == sa.bindparam("session_id"), s.events.c.ref_id == sa.bindparam("target_id")
+    ),
 )
 
 #: params: session_id, add_input, add_output, add_cache_read (amounts to add)

@@ -9,9 +9,15 @@ Cheap by construction. The snapshotter keeps, per path, what it last saw
 (kind, mode, size, mtime_ns, inode, ctime_ns) and the content digest. A scan
 stats every entry and hashes only files whose stat changed, so one changed
 file in a 100 MB workspace costs one small hash and one blob copy. A file
-whose mtime falls within ``racy_window`` of the scan that recorded it is
-"racily clean" (timestamps are coarse: a second write inside the same tick
-leaves them unchanged) and is re-hashed on the next scan, as git does.
+whose last change (the later of mtime and ctime, which no one can set back)
+falls within the racy window of the scan that recorded it is "racily clean"
+(timestamps are coarse: a second write inside the same tick leaves them
+unchanged) and is re-hashed on the next scan, as git does. The window is the
+timestamps' own tick: a change stamped with sub-second precision comes from a
+kernel clock that ticks every jiffy (at most 10 ms), so 50 ms covers it; a
+change stamped on a whole second comes from a coarse filesystem (FAT ticks
+every 2 s), so 2 s. A one-size 1 s window made every file written in the last
+second re-hash on every call: ten megabyte-sized outputs, 25 ms a call.
 
 Safe against the workspace's owner. The worker runs this on the host, often
 as root, while sandboxed processes may still be changing the tree. Every
@@ -280,7 +286,13 @@ class _Entry:
         return [path, self.kind, self.mode, self.size, self.mtime_ns, self.ref]
 
 
-def _entry(kind: str, st: os.stat_result, ref: str, scan_start_ns: int, racy_window_ns: int) -> _Entry:
+def _racy_window_ns(changed_ns: int, coarse_ns: int, fine_ns: int) -> int:
+    """The tick of the clock that stamped ``changed_ns``: whole seconds mean a coarse filesystem."""
+    return coarse_ns if changed_ns % 1_000_000_000 == 0 else fine_ns
+
+
+def _entry(kind: str, st: os.stat_result, ref: str, scan_start_ns: int, racy: tuple[int, int]) -> _Entry:
+    changed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
     return _Entry(
         kind=kind,
         mode=stat.S_IMODE(st.st_mode),
@@ -289,7 +301,7 @@ def _entry(kind: str, st: os.stat_result, ref: str, scan_start_ns: int, racy_win
         ino=st.st_ino,
         ctime_ns=st.st_ctime_ns,
         ref=ref,
-        racy=kind == "f" and st.st_mtime_ns >= scan_start_ns - racy_window_ns,
+        racy=kind == "f" and changed_ns >= scan_start_ns - _racy_window_ns(changed_ns, *racy),
     )
 
 
@@ -346,7 +358,8 @@ class WorkspaceSnapshots:
         owner: tuple[int, int] | None = None,
         keep: int = 5,
         max_entries: int = 1_000_000,
-        racy_window_s: float = 1.0,
+        racy_window_s: float = 2.0,
+        fine_racy_window_s: float = 0.05,
     ) -> None:
         if keep < 1:
             raise ConfigError("keep at least one snapshot per session")
@@ -357,7 +370,8 @@ class WorkspaceSnapshots:
         self.owner = owner
         self.keep = keep
         self.max_entries = max_entries
-        self.racy_window_ns = int(racy_window_s * 1e9)
+        #: (coarse, fine): the racy window for whole-second and for sub-second timestamps
+        self.racy_windows_ns = (int(racy_window_s * 1e9), int(fine_racy_window_s * 1e9))
         self.seq = 0
         #: when this claim began; of two writers forked from one snapshot, the later claim wins
         self.claim_ns = time.time_ns()
@@ -576,19 +590,19 @@ class WorkspaceSnapshots:
                         cfd = os.open(de.name, _O_DIR, dir_fd=dfd)
                     except OSError:
                         continue  # replaced by something else since the listing
-                    entries[path] = _entry("d", st, "", scan_start_ns, self.racy_window_ns)
+                    entries[path] = _entry("d", st, "", scan_start_ns, self.racy_windows_ns)
                     stack.append((path, cfd, iter(os.scandir(cfd))))
                 elif stat.S_ISREG(st.st_mode):
                     got = self._file(dfd, de.name, path, st, counters)
                     if got is not None:
                         fst, digest = got
-                        entries[path] = _entry("f", fst, digest, scan_start_ns, self.racy_window_ns)
+                        entries[path] = _entry("f", fst, digest, scan_start_ns, self.racy_windows_ns)
                 elif stat.S_ISLNK(st.st_mode):
                     try:
                         target = os.readlink(de.name, dir_fd=dfd)
                     except OSError:
                         continue
-                    entries[path] = _entry("l", st, target, scan_start_ns, self.racy_window_ns)
+                    entries[path] = _entry("l", st, target, scan_start_ns, self.racy_windows_ns)
                 # FIFOs, sockets and devices are not workspace content
         finally:
             for _, fd, _ in stack:
@@ -711,7 +725,7 @@ class WorkspaceSnapshots:
                     chain.append((path, os.open(base, _O_DIR, dir_fd=pfd), row))
                 elif kind == "f":
                     fst = self._restore_file(pfd, base, digest=ref, size=size, mode=mode, mtime_ns=mtime_ns)
-                    baseline[path] = _entry("f", fst, ref, scan_start_ns, self.racy_window_ns)
+                    baseline[path] = _entry("f", fst, ref, scan_start_ns, self.racy_windows_ns)
                     files += 1
                     nbytes += size
                 else:
@@ -724,7 +738,7 @@ class WorkspaceSnapshots:
                         os.stat(base, dir_fd=pfd, follow_symlinks=False),
                         ref,
                         scan_start_ns,
-                        self.racy_window_ns,
+                        self.racy_windows_ns,
                     )
             while len(chain) > 1:
                 self._close_dir(chain.pop(), baseline, scan_start_ns)
@@ -745,7 +759,7 @@ class WorkspaceSnapshots:
                 os.fchown(fd, *self.owner)
             os.fchmod(fd, row[2] & 0o1777)
             os.utime(fd, ns=(row[4], row[4]))
-            baseline[path] = _entry("d", os.fstat(fd), "", t0, self.racy_window_ns)
+            baseline[path] = _entry("d", os.fstat(fd), "", t0, self.racy_windows_ns)
         finally:
             os.close(fd)
 
