@@ -8,11 +8,11 @@
     (server timestamps), vs the SDK's stock unsandboxed ``EnvironmentWorker``;
 (c) snapshot cost per tool call in a 100 MB workspace where one file changed;
 (d) time from a worker's SIGKILL to the session running again (lease TTL 2 s);
-(e) issue 5's "offloading a 1 MB result adds <= 100 ms": in one session, the
-    per-call time of a bash call printing 1 MB (which the control plane
-    offloads through the worker's internal write) vs one printing 10 KB,
-    server -> inwall worker, alternating; the stock SDK worker cannot take
-    part (its bash keeps the last 100 KiB);
+(e) issue 5's "offloading a 1 MB result adds <= 100 ms": the per-call time
+    of a bash call printing 1 MB, offloaded (through the worker's internal
+    write) vs the same result not offloaded (an agent whose threshold is
+    higher), and vs a call printing 10 KB; server -> inwall worker; the stock
+    SDK worker cannot take part (its bash keeps the last 100 KiB);
 (f) the perimeter's cost: (b)'s no-op round trip with the worker verifying
     identity tokens (--require-identity), deciding with its own Cedar policy
     and redacting, vs without.
@@ -410,53 +410,76 @@ def rows_command(nbytes: int) -> str:
     return f"seq -f '{OFFLOAD_ROW}' 1 {max(1, nbytes // 42)}"
 
 
-async def offload_cost(root: Path, pairs: int) -> dict[str, Any]:
-    """Alternate 1 MB and 10 KB bash calls in one scripted session; time each from its tool_use to the next.
+async def _alternating_session(
+    client: AsyncAnthropic, env_id: str, agent_id: str, big: str, small: str, pairs: int
+) -> tuple[str, list[Any]]:
+    """One scripted session: three warm-up calls, then ``pairs`` times a 1 MB and a 10 KB bash call."""
+    lines = ['call bash {"command": "true"}'] * 3  # the sandbox starts before timing
+    for _ in range(pairs):
+        lines += [f"call bash {json.dumps({'command': big})}", f"call bash {json.dumps({'command': small})}"]
+    session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
+    await client.beta.sessions.events.send(
+        session.id,
+        events=[{"type": "user.message", "content": [{"type": "text", "text": "\n".join(lines)}]}],
+    )
+    return session.id, await until(client, session.id, end_turn, within=900)
 
-    The gap after a 1 MB call holds: the command, the 1 MB result posted, the
-    control plane's estimate and offload note, its internal ``write`` of the
-    megabyte through the worker (and that call's snapshot), and the next model
-    step. The gap after a 10 KB call holds the command, the post and the model
-    step. Their difference is what offloading a 1 MB result adds. Split at the
-    result event: ``use_to_result`` is the worker's side, ``result_to_next`` the
-    control plane's (offload included).
+
+def _gaps(evs: list[Any], big: str) -> dict[str, dict[str, list[float]]]:
+    """Per call kind: tool_use -> next tool_use, split at the result (worker's side, control plane's side)."""
+    uses = [e for e in evs if e.type == "agent.tool_use" and e.name == "bash"]
+    results = {e.tool_use_id: e for e in evs if e.type == "user.tool_result"}
+    out: dict[str, dict[str, list[float]]] = {
+        k: {"gap": [], "use_to_result": [], "result_to_next": []} for k in ("big", "small")
+    }
+    for use, nxt in itertools.pairwise(uses[3:]):
+        kind = "big" if use.input["command"] == big else "small"
+        t_use, t_next = use.processed_at.timestamp(), nxt.processed_at.timestamp()
+        t_result = results[use.id].processed_at.timestamp()
+        out[kind]["gap"].append(t_next - t_use)
+        out[kind]["use_to_result"].append(t_result - t_use)
+        out[kind]["result_to_next"].append(t_next - t_result)
+    return out
+
+
+def _ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 3)
+
+
+async def offload_cost(root: Path, pairs: int) -> dict[str, Any]:
+    """Alternate 1 MB and 10 KB bash calls; time each from its tool_use to the next.
+
+    Two sessions on one server and one worker: in the first the 1 MB result is
+    offloaded (the control plane's estimate and note, its internal ``write`` of
+    the megabyte through the worker and that call's snapshot); the second's
+    agent raises the threshold so the same result goes to the model whole.
+    What offloading adds is the difference of the 1 MB gaps; the difference to
+    the 10 KB gap is also reported, a bound that includes producing and
+    posting the megabyte. Split at the result event: ``use_to_result`` is the
+    worker's side, ``result_to_next`` the control plane's (offload included).
     """
     big, small = rows_command(1_000_000), rows_command(10_000)
     name = f"offload-{secrets.token_hex(3)}"
     async with server(root) as (url, admin, _), AsyncAnthropic(base_url=url, api_key=admin) as client:
         env_id, agent_id, key = await setup(client)
+        whole = await client.beta.agents.create(
+            name="bench-no-offload",
+            model="inwall-scripted",
+            tools=[{"type": "agent_toolset_20260401"}],
+            metadata={"inwall_offload_threshold_tokens": str(10**9)},
+        )
         worker = inwall_worker(root, name, url, env_id, key, "--max-idle", "60")
         try:
             await worker.wait_for("inwall worker ready")
-            lines = ['call bash {"command": "true"}'] * 3  # the sandbox starts before timing
-            for _ in range(pairs):
-                lines += [
-                    f"call bash {json.dumps({'command': big})}",
-                    f"call bash {json.dumps({'command': small})}",
-                ]
-            session = await client.beta.sessions.create(agent=agent_id, environment_id=env_id)
-            await client.beta.sessions.events.send(
-                session.id,
-                events=[{"type": "user.message", "content": [{"type": "text", "text": "\n".join(lines)}]}],
-            )
-            evs = await until(client, session.id, end_turn, within=900)
+            sid, evs = await _alternating_session(client, env_id, agent_id, big, small, pairs)
+            _, whole_evs = await _alternating_session(client, env_id, whole.id, big, small, pairs)
         finally:
             await worker.stop()
     uses = [e for e in evs if e.type == "agent.tool_use" and e.name == "bash"]
     results = {e.tool_use_id: e for e in evs if e.type == "user.tool_result"}
     offloads = [e for e in evs if e.type == "agent.tool_use" and e.name == "write"]
-    gaps: dict[str, list[float]] = {"big": [], "small": []}
-    worker_side: dict[str, list[float]] = {"big": [], "small": []}
-    plane_side: dict[str, list[float]] = {"big": [], "small": []}
-    for use, nxt in itertools.pairwise(uses[3:]):
-        kind = "big" if use.input["command"] == big else "small"
-        t_use, t_next = use.processed_at.timestamp(), nxt.processed_at.timestamp()
-        t_result = results[use.id].processed_at.timestamp()
-        gaps[kind].append(t_next - t_use)
-        worker_side[kind].append(t_result - t_use)
-        plane_side[kind].append(t_next - t_result)
+    gaps, whole_gaps = _gaps(evs, big), _gaps(whole_evs, big)
     sizes = sorted({len("".join(b.text for b in results[u.id].content)) for u in uses[3:]})
-    med = {k: statistics.median(v) for k, v in gaps.items()}
     # where the offload's time goes: the control plane's step (result -> its write), the SDK runner and
     # the worker around the write (write -> write's result), the worker's own share of both calls
     big_uses = [u for u in uses[3:] if u.input["command"] == big]
@@ -466,28 +489,37 @@ async def offload_cost(root: Path, pairs: int) -> dict[str, Any]:
     ]
     write_round = [results[w.id].processed_at.timestamp() - w.processed_at.timestamp() for w in offloads]
     audit = [json.loads(line) for line in (root / name / "audit.jsonl").read_text().splitlines()]
-    calls = [r for r in audit if r["kind"] == "tool_call"][3:]
+    calls = [r for r in audit if r["kind"] == "tool_call" and r["session_id"] == sid][3:]
     in_worker = {
         "bash_1MB": [c["duration_ms"] for c in calls if c["tool"] == "bash" and c["bytes_out"] > 500_000],
         "bash_10KB": [c["duration_ms"] for c in calls if c["tool"] == "bash" and c["bytes_out"] < 500_000],
         "offload_write": [c["duration_ms"] for c in calls if c["tool"] == "write"],
         "offload_write_snapshot": [c["snapshot_ms"] for c in calls if c["tool"] == "write"],
     }
+    offloaded, not_offloaded, small_ms = (
+        _ms(gaps["big"]["gap"]),
+        _ms(whole_gaps["big"]["gap"]),
+        _ms(gaps["small"]["gap"]),
+    )
     return {
         "pairs": pairs,
         "result_sizes_bytes": sizes,
         "offloaded_results": len(offloads),
-        "bash_1MB_offloaded": summary(gaps["big"]),
-        "bash_10KB": summary(gaps["small"]),
-        "difference_median_ms": round((med["big"] - med["small"]) * 1000, 3),
-        "use_to_result_median_ms": {k: round(statistics.median(v) * 1000, 3) for k, v in worker_side.items()},
-        "result_to_next_use_median_ms": {
-            k: round(statistics.median(v) * 1000, 3) for k, v in plane_side.items()
-        },
-        "control_plane_offload_step_median_ms": round(statistics.median(offload_step) * 1000, 3),
-        "write_use_to_write_result_median_ms": round(statistics.median(write_round) * 1000, 3),
+        "not_offloaded_session_writes": sum(
+            1 for e in whole_evs if e.type == "agent.tool_use" and e.name == "write"
+        ),
+        "bash_1MB_offloaded": summary(gaps["big"]["gap"]),
+        "bash_1MB_not_offloaded": summary(whole_gaps["big"]["gap"]),
+        "bash_10KB": summary(gaps["small"]["gap"]),
+        "offload_adds_median_ms": round(offloaded - not_offloaded, 3),
+        "vs_10KB_median_ms": round(offloaded - small_ms, 3),
+        "use_to_result_median_ms": {k: _ms(v["use_to_result"]) for k, v in gaps.items()},
+        "result_to_next_use_median_ms": {k: _ms(v["result_to_next"]) for k, v in gaps.items()},
+        "not_offloaded_result_to_next_use_median_ms": _ms(whole_gaps["big"]["result_to_next"]),
+        "control_plane_offload_step_median_ms": _ms(offload_step),
+        "write_use_to_write_result_median_ms": _ms(write_round),
         "in_worker_median_ms": {k: round(statistics.median(v), 3) for k, v in in_worker.items() if v},
-        "errors": sum(1 for e in evs if e.type == "user.tool_result" and e.is_error),
+        "errors": sum(1 for e in evs + whole_evs if e.type == "user.tool_result" and e.is_error),
     }
 
 
@@ -571,17 +603,21 @@ def report(out: dict[str, Any]) -> None:
     if "e_offload" in out:
         e = out["e_offload"]
         print(
-            f"(e) bash printing 1 MB (offloaded) vs 10 KB, per call, tool_use to next tool_use "
-            f"({e['pairs']} pairs, result sizes {e['result_sizes_bytes']} bytes, "
-            f"{e['offloaded_results']} offloaded, errors {e['errors']})"
+            f"(e) bash printing 1 MB vs 10 KB, per call, tool_use to next tool_use "
+            f"({e['pairs']} pairs a session, result sizes {e['result_sizes_bytes']} bytes, "
+            f"{e['offloaded_results']} offloaded, {e['not_offloaded_session_writes']} in the "
+            f"no-offload session, errors {e['errors']})"
         )
-        for k in ("bash_1MB_offloaded", "bash_10KB"):
+        for k in ("bash_1MB_offloaded", "bash_1MB_not_offloaded", "bash_10KB"):
             print(f"    {k:28s} median {e[k]['median_ms']:7.2f} ms   p90 {e[k]['p90_ms']:7.2f} ms")
-        print(f"    difference (median)          {e['difference_median_ms']:7.2f} ms")
+        adds, vs_small = e["offload_adds_median_ms"], e["vs_10KB_median_ms"]
+        print(f"    offloading adds (median)     {adds:7.2f} ms   (1 MB offloaded - 1 MB whole)")
+        print(f"    vs a 10 KB call (median)     {vs_small:7.2f} ms   (includes making and posting 1 MB)")
         w, c = e["use_to_result_median_ms"], e["result_to_next_use_median_ms"]
         print(
             f"    split: tool_use -> result {w['big']:.2f} vs {w['small']:.2f} ms; "
-            f"result -> next tool_use {c['big']:.2f} vs {c['small']:.2f} ms"
+            f"result -> next tool_use {c['big']:.2f} vs {c['small']:.2f} ms "
+            f"(not offloaded {e['not_offloaded_result_to_next_use_median_ms']:.2f} ms)"
         )
         iw = e["in_worker_median_ms"]
         print(

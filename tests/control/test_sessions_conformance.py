@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import anyio
 import pytest
 from anthropic import AsyncAnthropic
 from anthropic.types.beta import BetaManagedAgentsAgentToolset20260401, BetaManagedAgentsCustomTool
@@ -239,3 +240,17 @@ async def test_delete(world: World) -> None:
     assert session.id not in listed
     items = {w.data.id: w.state async for w in c.beta.environments.work.list(world.env_id)}
     assert items == {session.id: "stopped", keep.id: "queued"}
+
+
+async def test_delete_mid_turn_ends_the_turn_for_good(world: World) -> None:
+    """The turn waiting for a worker stops with the delete: it queues no new work item afterwards."""
+    c = world.client
+    session = await c.beta.sessions.create(agent=world.agent_id, environment_id=world.env_id)
+    await c.beta.sessions.events.send(session.id, events=[user_message('call bash {"command": "true"}')])
+    with anyio.fail_after(10):
+        while (await c.beta.sessions.retrieve(session.id)).status != "running":
+            await anyio.sleep(0.02)
+    await c.beta.sessions.delete(session.id)
+    await anyio.sleep(2.5)  # more than two of the runner's wait slices (1 s in tests)
+    states = [w.state async for w in c.beta.environments.work.list(world.env_id) if w.data.id == session.id]
+    assert states and set(states) == {"stopped"}

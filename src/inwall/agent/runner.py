@@ -199,7 +199,7 @@ class SessionRunner:
         return dict(row)
 
     def _note_agent(self, session: Mapping[str, Any]) -> None:
-        self.state.agent_metadata = dict(session["body"].get("agent", {}).get("metadata") or {})
+        self.state.agent_metadata = dict(session["body"].get("agent_metadata") or {})
         self.state.agent_metadata.update(session["body"].get("metadata") or {})
 
     # -- actions ---------------------------------------------------------------------

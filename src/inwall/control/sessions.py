@@ -146,7 +146,8 @@ class SessionService:
 
     async def _snapshot(
         self, conn: AsyncConnection, ref: str | AgentRef | AgentWithOverrides
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The session's copy of the agent, and the agent's metadata (which that copy has no field for)."""
         agent_id = ref if isinstance(ref, str) else ref.id
         version = None if isinstance(ref, str) else ref.version
         agent = await self._agents.get(agent_id, version, conn)
@@ -167,7 +168,7 @@ class SessionService:
                 snapshot["mcp_servers"] = normalize_mcp_servers(ref.mcp_servers)
             if ref.skills is not None:
                 snapshot["skills"] = normalize_skills(ref.skills)
-        return snapshot
+        return snapshot, dict(agent.get("metadata") or {})
 
     async def create(
         self, params: SessionCreate, who: Principal, *, acting_for: dict[str, Any] | None = None
@@ -177,9 +178,12 @@ class SessionService:
         at = now()
         async with self._log.transaction() as tx:
             await self._environments.require_usable(params.environment_id, tx.conn)
-            snapshot = await self._snapshot(tx.conn, params.agent)
+            snapshot, agent_metadata = await self._snapshot(tx.conn, params.agent)
             body = {
                 "agent": snapshot,
+                # The session's view of the agent has no metadata field, but the agent's
+                # metadata carries settings the turn loop reads (offload thresholds).
+                "agent_metadata": agent_metadata,
                 "title": params.title,
                 "metadata": dict(params.metadata),
                 "stop_reason": None,
@@ -272,9 +276,15 @@ class SessionService:
         who.require_api_key()
         async with self._log.transaction() as tx:
             await self._row(tx.conn, session_id, who)
-            await tx.append(session_id, [{"type": "session.deleted"}])
             await self._work.stop_for_session(tx, session_id)
-            await tx.conn.execute(s.events.delete().where(s.events.c.session_id == session_id))
+            # The one event kept is the tombstone: streams end on it, and the session's runner
+            # reads it and stops instead of re-queueing work for a deleted session. Appended
+            # before the rest goes, it is the table's newest row, so SQLite (which numbers a
+            # new row max(seq) + 1) can never hand out a seq a runner has already read.
+            [tombstone] = await tx.append(session_id, [{"type": "session.deleted"}])
+            await tx.conn.execute(
+                s.events.delete().where(s.events.c.session_id == session_id, s.events.c.id != tombstone["id"])
+            )
             await tx.conn.execute(
                 s.sessions.update()
                 .where(s.sessions.c.id == session_id)

@@ -111,6 +111,9 @@ _FS_ERR = re.compile(
     r"|(?:\[Errno (?:1|13|30)\] (?P<m2>[^:]+): '(?P<p2>[^']+)')"
 )
 _WRITE_HINTS = ("Read-only file system",)
+# Every match holds one of these: a substring test (C speed) spares the regex, which
+# backtracks through every word of a large, denial-free output.
+_FS_ERR_MARKERS = ("Read-only file system", "Permission denied", "Operation not permitted", "[Errno ")
 
 
 def from_stderr(
@@ -126,6 +129,8 @@ def from_stderr(
     to path prefixes whose denials are not reported.
     """
     text = stderr[-65536:].decode("utf-8", "replace")
+    if not any(marker in text for marker in _FS_ERR_MARKERS):
+        return []
     prefixes: list[str] = []
     for pattern, paths in (ignore or {}).items():
         if pattern == "*" or (pattern and pattern in command):
