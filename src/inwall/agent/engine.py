@@ -74,7 +74,10 @@ class Engine:
                 else:
                     return
         finally:
+            # No await since the runner's last take_wake found nothing: a wake-up after this
+            # line creates a fresh signal and pokes a new runner, so none is lost.
             self._running.discard(session_id)
+            self.deps.log.bus.forget_session(session_id)
 
     @property
     def active(self) -> int:

@@ -10,7 +10,6 @@ the next runner reads the log and carries on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,7 +38,6 @@ from inwall.agent.turn import (
     decide,
     result_text,
 )
-from inwall.audit.chain import canonical_json
 from inwall.control.auditlog import ControlAudit
 from inwall.control.events import EventLog, Tx
 from inwall.control.status import change_status
@@ -600,7 +598,7 @@ class SessionRunner:
                 user_id=session.get("owner_user_id"),
                 tool=internal.get("model_name"),
                 tool_use_id=ev["id"],
-                input_sha256=hashlib.sha256(canonical_json(ev.get("input") or {})).hexdigest(),
+                input_sha256=input_digest(ev.get("input") or {}),
                 reason=internal.get("reason"),
             )
 

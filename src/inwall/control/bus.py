@@ -11,10 +11,9 @@ after a wake-up always finds what woke it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -96,14 +95,6 @@ class EventBus:
             if not subs:
                 del self._subscribers[session_id]
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, session_id: str) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
-        sub = self.open(session_id)
-        try:
-            yield sub.events
-        finally:
-            sub.close()
-
     def publish(self, session_id: str, events: list[Event]) -> None:
         for send in list(self._subscribers.get(session_id, ())):
             for ev in events:
@@ -129,9 +120,6 @@ class EventBus:
         for session_id in list(self._subscribers):
             self.close_session(session_id)
 
-    def subscriber_count(self, session_id: str) -> int:
-        return len(self._subscribers.get(session_id, ()))
-
     # -- turn-loop wake-ups ----------------------------------------------------
 
     def wake_session(self, session_id: str) -> None:
@@ -147,6 +135,7 @@ class EventBus:
         return await self._session_signals[session_id].wait(timeout_s)
 
     def forget_session(self, session_id: str) -> None:
+        """Drop the session's wake-up signal once its runner has exited (it is recreated on the next wake)."""
         self._session_signals.pop(session_id, None)
 
     # -- work queue wake-ups ---------------------------------------------------

@@ -75,6 +75,11 @@ class Tx:
     """A write transaction that also collects what to publish once it commits."""
 
     conn: AsyncConnection
+    #: PostgreSQL numbers rows at insert, not at commit: without a per-session lock, a
+    #: transaction could commit seq 100 after another committed 101, and a reader that
+    #: already read past 101 would never see 100. SQLite's single writer orders them.
+    lock_sessions: bool = False
+    locked: set[str] = field(default_factory=set)
     published: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     work_notified: set[str] = field(default_factory=set)
     closed_sessions: set[str] = field(default_factory=set)
@@ -123,6 +128,9 @@ class Tx:
             )
             out.append(body)
         if rows:
+            if self.lock_sessions and session_id not in self.locked:
+                await self.conn.execute(prepared.LOCK_SESSION, {"session_id": session_id})
+                self.locked.add(session_id)
             await self.conn.execute(prepared.EVENT_INSERT, rows)  # one statement (executemany), in order
         self.published.setdefault(session_id, []).extend(out)
         self.woken.add(session_id)
@@ -177,7 +185,7 @@ class EventLog:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._db.write() as conn:
-            tx = Tx(conn)
+            tx = Tx(conn, lock_sessions=not self._db.is_sqlite)
             yield tx
         # Committed: now, and only now, let the world see it.
         for session_id, events in tx.published.items():

@@ -397,13 +397,26 @@ class SessionService:
             )
             .exists()
         )
+        # Every call still open belongs to the latest model step (a step starts only when the
+        # previous one's calls are all resolved), so the search starts at that step's span
+        # instead of walking the session's whole history on every call.
+        step_start = (
+            sa.select(s.events.c.seq)
+            .where(s.events.c.session_id == session_id, s.events.c.type == "span.model_request_start")
+            .order_by(s.events.c.seq.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
         async with self._db.read() as conn:
             row = await self._row(conn, session_id, who)
             candidates = (
                 await conn.execute(
                     sa.select(s.events.c.id, s.events.c.body, s.events.c.internal)
                     .where(
-                        s.events.c.session_id == session_id, s.events.c.type == "agent.tool_use", ~has_result
+                        s.events.c.session_id == session_id,
+                        s.events.c.seq > sa.func.coalesce(step_start, 0),
+                        s.events.c.type == "agent.tool_use",
+                        ~has_result,
                     )
                     .order_by(s.events.c.seq)
                     .limit(100)

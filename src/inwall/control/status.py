@@ -16,7 +16,7 @@ from inwall.control.timefmt import utc
 from inwall.ids import now
 from inwall.store import schema as s
 
-__all__ = ["SessionStatus", "change_status", "current_status"]
+__all__ = ["SessionStatus", "change_status"]
 
 SessionStatus = Literal["rescheduling", "running", "idle", "terminated"]
 
@@ -26,11 +26,6 @@ _EVENT = {
     "rescheduling": "session.status_rescheduled",
     "terminated": "session.status_terminated",
 }
-
-
-async def current_status(tx: Tx, session_id: str) -> str | None:
-    row = (await tx.conn.execute(sa.select(s.sessions.c.status).where(s.sessions.c.id == session_id))).first()
-    return None if row is None else str(row.status)
 
 
 async def change_status(

@@ -21,6 +21,7 @@ __all__ = [
     "EVENTS_SINCE",
     "EVENT_INSERT",
     "LIVE_SESSION",
+    "LOCK_SESSION",
     "TOOL_USE_AND_ANSWERS",
 ]
 
@@ -38,6 +39,12 @@ EVENTS_SINCE = (
 
 #: params: rows of the events table (executemany keeps their order)
 EVENT_INSERT = s.events.insert()
+
+#: Serialises a session's appends on PostgreSQL, so seqs commit in order (see ``Tx``).
+#: params: session_id
+LOCK_SESSION = (
+    sa.select(s.sessions.c.id).where(s.sessions.c.id == sa.bindparam("session_id")).with_for_update()
+)
 
 #: The tool-use event and every answer already recorded for it, in one round trip.
 #: Two indexed lookups, not one ``id = ? OR ref_id = ?``: SQLite answers the OR by

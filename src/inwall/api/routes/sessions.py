@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +16,9 @@ from inwall.api.sse import event_stream
 from inwall.control.auth import Principal
 from inwall.errors import InvalidInput
 from inwall.store import schema as s
+
+if TYPE_CHECKING:
+    from inwall.server.plane import ControlPlane
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -143,30 +146,20 @@ async def stream_events(
     session_id: str, request: Request, who: Principal = Depends(principal)
 ) -> StreamingResponse:
     cp = plane(request)
-    row = await cp.sessions.require(session_id, who)
     deltas = bracket_list(request, "event_deltas")
     bad = [d for d in deltas if d not in ("agent.message", "agent.thinking")]
     if bad:
         raise InvalidInput(f"event_deltas supports agent.message and agent.thinking, not {bad[0]!r}")
 
-    # Subscribe before the response exists: nothing committed after this line can be missed.
+    # Subscribe before reading the status: an end committed after this line reaches the
+    # stream, and one committed before it shows in the status (and is replayed below).
     subscription = cp.bus.open(session_id)
-    preface: list[dict[str, Any]] = []
-    if row["status"] == "terminated":
-        # The session already ended: replay its final event so a late client stops too.
-        async with cp.db.read() as conn:
-            last = (
-                await conn.execute(
-                    sa.select(s.events.c.body)
-                    .where(
-                        s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated"
-                    )
-                    .order_by(s.events.c.seq.desc())
-                    .limit(1)
-                )
-            ).first()
-        if last is not None:
-            preface.append(last.body)
+    try:
+        row = await cp.sessions.require(session_id, who)
+        preface = await _final_event(cp, session_id) if row["status"] == "terminated" else []
+    except BaseException:
+        subscription.close()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -183,3 +176,17 @@ async def stream_events(
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         background=BackgroundTask(subscription.close),  # also when the body never started
     )
+
+
+async def _final_event(cp: ControlPlane, session_id: str) -> list[dict[str, Any]]:
+    """A terminated session's final event, replayed so a late client's stream stops too."""
+    async with cp.db.read() as conn:
+        last = (
+            await conn.execute(
+                sa.select(s.events.c.body)
+                .where(s.events.c.session_id == session_id, s.events.c.type == "session.status_terminated")
+                .order_by(s.events.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+    return [] if last is None else [last.body]
