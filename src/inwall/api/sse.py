@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from inwall.control.bus import Published
+
 __all__ = ["encode_event", "event_stream"]
 
 HEARTBEAT = b": ping\n\n"
@@ -27,7 +29,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 
 async def event_stream(
-    events: MemoryObjectReceiveStream[dict[str, Any]],
+    events: MemoryObjectReceiveStream[Published],
     *,
     heartbeat_s: float,
     preface: Sequence[dict[str, Any]] = (),
@@ -39,9 +41,9 @@ async def event_stream(
     of the reader instead of one per event, on the tool-call round trip's hot path.
     """
     yield HEARTBEAT  # flush headers at once so clients know the stream is open
-    for ev in preface:
-        yield encode_event(ev)
-        if ev.get("type") in FINAL_TYPES:
+    for body in preface:
+        yield encode_event(body)
+        if body.get("type") in FINAL_TYPES:
             return
     while True:
         with anyio.move_on_after(heartbeat_s) as scope:
@@ -52,17 +54,17 @@ async def event_stream(
         if scope.cancelled_caught:
             yield HEARTBEAT
             continue
-        chunk = [encode_event(ev)]
+        chunk = [ev.wire(encode_event)]
         size = len(chunk[0])
-        final = ev.get("type") in FINAL_TYPES
+        final = ev.type in FINAL_TYPES
         while not final and size < _CHUNK_BYTES:
             try:
                 ev = events.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break  # a closed stream ends at the next receive(), after this chunk is out
-            chunk.append(encode_event(ev))
+            chunk.append(ev.wire(encode_event))
             size += len(chunk[-1])
-            final = ev.get("type") in FINAL_TYPES
+            final = ev.type in FINAL_TYPES
         yield b"".join(chunk)
         if final:
             return

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["EventBus", "Subscription"]
+__all__ = ["EventBus", "Published", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,31 @@ class _Signal:
         return fired
 
 
+class Published:
+    """A committed event as each live stream of its session receives it: one object for all.
+
+    A tool call's stream has at least two readers (the worker and the client), and
+    an event can hold a megabyte (an offload write): the first stream to send it
+    encodes it, the others reuse those bytes.
+    """
+
+    __slots__ = ("_wire", "body")
+
+    def __init__(self, body: Event) -> None:
+        self.body = body
+        self._wire: bytes | None = None
+
+    @property
+    def type(self) -> str:
+        return str(self.body.get("type", ""))
+
+    def wire(self, encode: Callable[[Event], bytes]) -> bytes:
+        """The event's bytes on the wire (there is one wire format, so one encoder)."""
+        if self._wire is None:
+            self._wire = encode(self.body)
+        return self._wire
+
+
 class Subscription:
     """One live reader of a session's events; ``close`` is idempotent."""
 
@@ -58,8 +83,8 @@ class Subscription:
         self,
         bus: EventBus,
         session_id: str,
-        send: MemoryObjectSendStream[Event],
-        receive: MemoryObjectReceiveStream[Event],
+        send: MemoryObjectSendStream[Published],
+        receive: MemoryObjectReceiveStream[Published],
     ) -> None:
         self._bus = bus
         self._session_id = session_id
@@ -76,7 +101,7 @@ class EventBus:
     def __init__(self, *, buffer: int = 1024) -> None:
         self._buffer = buffer
         self.on_wake: Callable[[str], None] | None = None
-        self._subscribers: dict[str, set[MemoryObjectSendStream[Event]]] = defaultdict(set)
+        self._subscribers: dict[str, set[MemoryObjectSendStream[Published]]] = defaultdict(set)
         self._work_waiters: dict[str, set[anyio.Event]] = defaultdict(set)
         self._session_signals: dict[str, _Signal] = defaultdict(_Signal)
 
@@ -84,11 +109,11 @@ class EventBus:
 
     def open(self, session_id: str) -> Subscription:
         """Subscribe now (synchronously, so nothing published after this call is missed)."""
-        send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=self._buffer)
+        send, receive = anyio.create_memory_object_stream[Published](max_buffer_size=self._buffer)
         self._subscribers[session_id].add(send)
         return Subscription(self, session_id, send, receive)
 
-    def _drop(self, session_id: str, send: MemoryObjectSendStream[Event]) -> None:
+    def _drop(self, session_id: str, send: MemoryObjectSendStream[Published]) -> None:
         subs = self._subscribers.get(session_id)
         if subs is not None:
             subs.discard(send)
@@ -96,8 +121,10 @@ class EventBus:
                 del self._subscribers[session_id]
 
     def publish(self, session_id: str, events: list[Event]) -> None:
-        for send in list(self._subscribers.get(session_id, ())):
-            for ev in events:
+        subscribers = list(self._subscribers.get(session_id, ()))
+        published = [Published(ev) for ev in events] if subscribers else []
+        for send in subscribers:
+            for ev in published:
                 try:
                     send.send_nowait(ev)
                 except anyio.WouldBlock:
