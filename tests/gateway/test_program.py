@@ -67,6 +67,7 @@ class FakeConnector:
     def __init__(self, step: str) -> None:
         self.step = step
         self.drained = anyio.Event()
+        self.dropped = False
         self.drain_timeouts: list[float] = []
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -78,6 +79,12 @@ class FakeConnector:
         if self.step == "blip":
             raise TunnelClosed("link died")
         await self.drained.wait()
+        if self.dropped:
+            raise TunnelClosed("the edge closed the link (the token's grace period ended)")
+
+    def drop(self) -> None:
+        self.dropped = True
+        self.drained.set()
 
     async def drain(self, timeout_s: float) -> None:
         self.drain_timeouts.append(timeout_s)
@@ -127,6 +134,35 @@ async def test_auth_failure_stops_everything(tmp_path: Path) -> None:
         await program.run()
     assert len(script.made) <= 3  # no retry loop: at most the two first attempts and a racing reconnect
     assert isinstance(program.auth_failure, TunnelAuthRejected)
+
+
+async def test_a_refused_reconnect_leaves_live_connections_serving(tmp_path: Path) -> None:
+    # Token rotation: one connection drops and its reconnect gets a 401, while the other still
+    # serves through the grace period. Only the refused supervisor stops; the gateway stops
+    # once no connection is left.
+    script = Script(["up", "blip", "auth", "auth"])
+    program = make_program(tmp_path, script)
+    outcome: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await program.run()
+        except TunnelAuthRejected as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await program.wait_connected(1)
+            await anyio.wait_all_tasks_blocked()
+            assert [c.step for c in script.made] == ["up", "blip", "auth"]
+            survivor = script.made[0]
+            assert program.connected == 1 and not outcome and program.auth_failure is None
+            assert survivor.drain_timeouts == []  # not drained: it still carries traffic
+            survivor.drop()  # the grace period ends; its reconnect is refused too
+    assert [c.step for c in script.made] == ["up", "blip", "auth", "auth"]
+    assert len(outcome) == 1 and program.auth_failure is outcome[0]
+    assert program.connected == 0
 
 
 async def test_proxy_from_environment(tmp_path: Path) -> None:

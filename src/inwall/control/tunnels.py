@@ -60,7 +60,12 @@ def _render_cert(row: Any) -> dict[str, Any]:
 
 
 class TunnelService:
-    """The tunnels REST API's domain logic, and the directory the tunnel edge consults."""
+    """The tunnels REST API's domain logic, and the directory the tunnel edge consults.
+
+    ``on_revoke(tunnel_id, token_id, grace_s)`` closes connections opened with a rotated token
+    after the grace period; ``on_archive(tunnel_id)`` closes every connection of the tunnel, after
+    the tunnel or one of its CA certificates was archived.
+    """
 
     def __init__(
         self,
@@ -249,16 +254,26 @@ class TunnelService:
             return await self._cert(conn, tunnel_id, cert_id)
 
     async def archive_certificate(self, tunnel_id: str, cert_id: str) -> dict[str, Any]:
+        """Stop trusting a CA; connections verified against it are closed, not left running.
+
+        The edge does not know which CA verified each connection, so every connection of the
+        tunnel is closed (``on_archive``, as for an archived tunnel) once the row is committed;
+        gateways whose certificates chain to a CA still registered reconnect at once.
+        """
         async with self._db.write() as conn:
             await self._row(conn, tunnel_id)
             current = await self._cert(conn, tunnel_id, cert_id)
-            if current["archived_at"] is None:
+            already = current["archived_at"] is not None
+            if not already:
                 await conn.execute(
                     s.tunnel_certificates.update()
                     .where(s.tunnel_certificates.c.id == cert_id)
                     .values(archived_at=now())
                 )
-            return await self._cert(conn, tunnel_id, cert_id)
+            result = await self._cert(conn, tunnel_id, cert_id)
+        if not already and self.on_archive is not None:
+            await self.on_archive(tunnel_id)
+        return result
 
     async def list_certificates(
         self, tunnel_id: str, *, limit: int | None, page_cursor: str | None, include_archived: bool

@@ -3,8 +3,10 @@
 Each connection has its own supervisor: connect (TN's ``TunnelConnector``),
 serve until the link dies, wait a full-jitter backoff, reconnect; the backoff
 resets once a connection stayed up ``healthy_after_s``. An auth failure (the
-edge refused the token: rotated, archived, mistyped) stops every supervisor,
-because no retry can fix it. A stop request (SIGTERM, SIGINT, :meth:`stop`)
+edge refused the token: rotated, archived, mistyped) stops that connection's
+supervisor, because no retry can fix it; connections still up keep serving (a
+rotated token's grace period) until the edge closes them, and the gateway stops
+once none is left. A stop request (SIGTERM, SIGINT, :meth:`stop`)
 sends GOAWAY on every connection and waits for in-flight requests up to
 ``drain_timeout_s``, then stops the stdio children and returns.
 """
@@ -254,17 +256,7 @@ class GatewayProgram:
                 await connector.run(task_status=_UpSignal(up))
             except AuthError as exc:
                 if _is_token_rejection(exc):
-                    log.error(  # noqa: TRY400 - the message is the whole story, no traceback
-                        "connection %d: the server refused the tunnel token (%s); not retrying. "
-                        "Check --tunnel-token / INWALL_TUNNEL_TOKEN (rotated or archived tunnel?)",
-                        index,
-                        exc,
-                    )
-                    self.auth_failure = exc
-                    await self._audit(
-                        "gateway.connection", index=index, state="refused", reason=str(exc)[:300]
-                    )
-                    self.stop()
+                    await self._token_refused(index, exc)
                     return
                 reason = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - any failure of one link is retried; others keep serving
@@ -289,6 +281,33 @@ class GatewayProgram:
             )
             with anyio.move_on_after(delay):
                 await self._stop.wait()
+
+    async def _token_refused(self, index: int, exc: AuthError) -> None:
+        """Stop this connection's supervisor; stop the gateway only when no connection is left.
+
+        A rotated token is refused on reconnect while the connections it opened still
+        serve through the rotation's grace period: draining those now would cut traffic
+        the edge still accepts.
+        """
+        await self._audit("gateway.connection", index=index, state="refused", reason=str(exc)[:300])
+        if self._live:
+            log.error(
+                "connection %d: the server refused the tunnel token (%s); not retrying this connection, "
+                "%d other(s) serve until the server closes them. "
+                "Check --tunnel-token / INWALL_TUNNEL_TOKEN (rotated or archived tunnel?)",
+                index,
+                exc,
+                len(self._live),
+            )
+            return
+        log.error(
+            "connection %d: the server refused the tunnel token (%s); not retrying. "
+            "Check --tunnel-token / INWALL_TUNNEL_TOKEN (rotated or archived tunnel?)",
+            index,
+            exc,
+        )
+        self.auth_failure = exc
+        self.stop()
 
     async def _drain(self) -> None:
         timeout = self.config.drain_timeout_s

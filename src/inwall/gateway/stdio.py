@@ -39,6 +39,7 @@ from inwall.gateway._jsonrpc import (
     error_body,
     error_message,
 )
+from inwall.gateway._lines import LineSplitter
 from inwall.gateway._process import child_environment, spawn, stop
 from inwall.gateway._sse import encode_event
 from inwall.gateway.config import StdioRoute
@@ -127,17 +128,15 @@ class _Session:
 
     async def _pump_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        buffer = bytearray()
+        lines = LineSplitter()
         limit = self.bridge.max_message_bytes
         try:
             async for chunk in self.process.stdout:
-                buffer += chunk
-                while (newline := buffer.find(b"\n")) >= 0:
-                    line = bytes(buffer[:newline]).strip()
-                    del buffer[: newline + 1]
+                for raw in lines.feed(chunk):
+                    line = raw.strip()
                     if line:
                         await self._dispatch(line)
-                if len(buffer) > limit:
+                if lines.pending > limit:
                     log.warning(
                         "stdio route %s: a message over %d bytes; ending session",
                         self.bridge.route.name,

@@ -7,6 +7,12 @@ breaks, or whose MCP session the server forgot (404 → "Session not found"), is
 rebuilt once, transparently. Every call is bounded by a timeout; the SDK then
 sends ``notifications/cancelled`` so the server can stop the work.
 
+``tools/list`` is retried after any connection failure; ``tools/call`` only on
+proof that the server never got the request (a 404 for the session, a connect
+error, a stream the tunnel refused), because a tool with side effects must not run
+twice. A call whose connection died after it may have been delivered fails with
+an ``mcp_connection_failed_error`` that says so.
+
 HTTP goes through an injectable ``httpx2`` transport: the server passes one
 that sends tunnel hosts through the tunnel edge and everything else direct.
 """
@@ -14,8 +20,9 @@ that sends tunnel hosts through the tunnel edge and everything else direct.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,6 +31,7 @@ import httpx2
 
 from inwall.agent.catalog import McpToolInfo
 from inwall.mcp.types import McpCallResult, McpFailure, McpServerRef
+from inwall.tunnel._client import Refused
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -35,6 +43,64 @@ log = logging.getLogger(__name__)
 _SESSION_GONE = ("Session not found", "Session terminated")
 _AUTH_STATUSES = (401, 403)
 _CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
+
+MAX_SSE_EVENT_BYTES = 64 * 1024 * 1024
+"""Bound on one SSE event (one tool result): the SDK's 1 MiB default is too small for real
+results, no bound lets a server exhaust our memory; 64 MiB matches the gateway's stdio and
+filter limits, so whatever the gateway lets through fits."""
+
+_UNSENT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+"""httpx2 failures raised before any byte of the request left: the server cannot have seen it."""
+
+
+class _Delivery:
+    """What happened to the HTTP requests one ``tools/call`` attempt made (see :class:`_Recording`)."""
+
+    __slots__ = ("maybe_delivered", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.maybe_delivered = False
+
+    @property
+    def undelivered(self) -> bool:
+        """Proof the server never got the call: its request was made and failed before sending."""
+        return self.sent > 0 and not self.maybe_delivered
+
+
+_DELIVERY: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
+    "inwall_mcp_delivery", default=None
+)
+
+
+class _Recording(httpx2.AsyncBaseTransport):
+    """Records, for the ``tools/call`` attempt whose context a request runs in, whether it may have
+    reached the server.
+
+    The SDK runs each request's POST in the context of the task that sent the message
+    (it snapshots ``contextvars`` per message), so a context variable set around one
+    ``call_tool`` tells this transport which attempt a POST belongs to.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        delivery = _DELIVERY.get()
+        if delivery is None:
+            return await self._inner.handle_async_request(request)
+        delivery.sent += 1
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException as exc:
+            if not _unsent(exc):
+                delivery.maybe_delivered = True
+            raise
+        delivery.maybe_delivered = True
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @dataclass
@@ -56,7 +122,11 @@ class McpPool:
         transport_factory: Callable[[], httpx2.AsyncBaseTransport] | None = None,
         connect_timeout_s: float = 10.0,
         list_timeout_s: float = 30.0,
+        max_sse_event_bytes: int = MAX_SSE_EVENT_BYTES,
     ) -> None:
+        if max_sse_event_bytes <= 0:
+            raise ValueError("max_sse_event_bytes must be positive")
+        self._max_sse_event_bytes = max_sse_event_bytes
         self._transport_factory = transport_factory
         self._connect_timeout_s = connect_timeout_s
         self._list_timeout_s = list_timeout_s
@@ -136,7 +206,9 @@ class McpPool:
                 return McpCallResult([{"type": "text", "text": f"MCP error {exc.code}: {exc.message}"}], True)
             return McpCallResult(_content(result.content), bool(result.is_error))
 
-        return cast(McpCallResult, await self._with_session(session_id, server, op))
+        return cast(
+            McpCallResult, await self._with_session(session_id, server, op, idempotent=False, what=repr(tool))
+        )
 
     def tools_changed(self, session_id: str, server: str) -> bool:
         return self._changed.pop((session_id, server), False)
@@ -155,31 +227,56 @@ class McpPool:
     # -- connections ---------------------------------------------------------------------------
 
     async def _with_session(
-        self, session_id: str, server: McpServerRef, op: Callable[[ClientSession], Any]
+        self,
+        session_id: str,
+        server: McpServerRef,
+        op: Callable[[ClientSession], Any],
+        *,
+        idempotent: bool = True,
+        what: str = "",
     ) -> Any:
+        """Run ``op`` on the pooled session; start over once with a fresh session when the old one
+        is gone. Not ``idempotent`` (a tool call): only when the server provably never got it."""
         from mcp import MCPError
 
         for attempt in (1, 2):
             conn = await self._connect(session_id, server)
             assert conn.session is not None
+            delivery = _Delivery()
             try:
-                return await op(conn.session)
+                with _recording(delivery):
+                    return await op(conn.session)
             except MCPError as exc:
                 if attempt == 1 and _connection_level(exc):
                     # The server forgot our session (404) or the connection under it died:
                     # start over once with a fresh one; a second failure is reported.
-                    log.info("MCP session lost (%s); re-initialising server=%s", exc.message, server.name)
                     self._drop(conn)
+                    if not (idempotent or _session_gone(exc) or delivery.undelivered):
+                        raise self._maybe_delivered(server, what, exc) from exc
+                    log.info("MCP session lost (%s); re-initialising server=%s", exc.message, server.name)
                     continue
                 raise self._failure(server, conn, exc) from exc
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, httpx2.TransportError) as exc:
                 self._drop(conn)
+                # A closed or broken session stream means the request was never written.
+                unsent = not isinstance(exc, httpx2.TransportError) or _unsent(exc)
+                if not (idempotent or unsent or delivery.undelivered):
+                    raise self._maybe_delivered(server, what, exc) from exc
                 if attempt == 1:
                     continue
                 raise McpFailure(
                     server.name, "connection", f"lost the connection to MCP server {server.name!r}"
                 ) from exc
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _maybe_delivered(server: McpServerRef, what: str, exc: BaseException) -> McpFailure:
+        return McpFailure(
+            server.name,
+            "connection",
+            f"lost the connection to MCP server {server.name!r} during the call to {what or 'a tool'} "
+            f"({_describe(exc)}); the tool may have run, so the call was not retried",
+        )
 
     def _failure(self, server: McpServerRef, conn: _Connection, exc: BaseException) -> McpFailure:
         if conn.last_status in _AUTH_STATUSES:
@@ -239,16 +336,19 @@ class McpPool:
 
         try:
             async with contextlib.AsyncExitStack() as stack:
+                inner = self._transport_factory() if self._transport_factory else httpx2.AsyncHTTPTransport()
                 http = await stack.enter_async_context(
                     httpx2.AsyncClient(
-                        transport=self._transport_factory() if self._transport_factory else None,
+                        transport=_Recording(inner),
                         headers=dict(server.headers),
                         timeout=httpx2.Timeout(30.0, read=300.0),
                         event_hooks={"response": [note_status]},
                     )
                 )
                 read, write = await stack.enter_async_context(
-                    streamable_http_client(server.url, http_client=http, max_sse_event_size=None)
+                    streamable_http_client(
+                        server.url, http_client=http, max_sse_event_size=self._max_sse_event_bytes
+                    )
                 )
                 client = await stack.enter_async_context(
                     ClientSession(read, write, message_handler=on_message)
@@ -271,7 +371,35 @@ class McpPool:
 
 def _connection_level(exc: Any) -> bool:
     """A failure of the MCP session or its transport, not of the tool call itself."""
-    return exc.code == _CONNECTION_CLOSED or any(m in exc.message for m in _SESSION_GONE)
+    return exc.code == _CONNECTION_CLOSED or _session_gone(exc)
+
+
+def _session_gone(exc: Any) -> bool:
+    """The server answered 404 for our session: it rejected the request without processing it."""
+    return any(m in exc.message for m in _SESSION_GONE)
+
+
+def _unsent(exc: BaseException) -> bool:
+    """Whether ``exc`` proves the request never left: a connect failure or a stream the tunnel refused."""
+    if isinstance(exc, _UNSENT_ERRORS):
+        return True
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, Refused):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return False
+
+
+@contextlib.contextmanager
+def _recording(delivery: _Delivery) -> Iterator[None]:
+    token = _DELIVERY.set(delivery)
+    try:
+        yield
+    finally:
+        _DELIVERY.reset(token)
 
 
 def _describe(exc: BaseException) -> str:

@@ -303,20 +303,28 @@ class Connection:
         Saves the hop to the writer task on every request and response. If a flush is
         already running, the writer task picks the bytes up after it. The flush is
         shielded: bytes already taken from the TLS layer must reach the link whole, or the
-        byte stream is corrupt for every stream on the connection; a stuck link is cut by
-        the keepalive, which ends the send.
+        byte stream is corrupt for every stream on the connection. The shield also keeps
+        the keepalive's cancellation out, so it has its own limit: a link that takes no
+        message for ``dead_after_s`` (a peer that stopped reading) fails the connection
+        (the cut-off bytes no longer matter) and the send raises :class:`TunnelClosed`.
+        The limit is on progress, not on the whole flush, which may carry other
+        producers' frames for as long as they keep coming.
         """
         if self._writing or not self.is_open:
             self.wake_writer()
             return
-        with anyio.CancelScope(shield=True):
-            await self._flush_once()
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + self._dead_after_s) as scope:
+            await self._flush_once(progress=scope)
+        if scope.cancelled_caught:
+            failure = TunnelClosed(f"the peer of {self.label} read nothing for {self._dead_after_s:g}s")
+            self._fail(failure)
+            raise failure
 
-    async def _flush_once(self) -> None:
+    async def _flush_once(self, *, progress: anyio.CancelScope | None = None) -> None:
         self._write_needed = False
         self._writing = True
         try:
-            await self._flush()
+            await self._flush(progress=progress)
         finally:
             self._writing = False
         if self._write_needed:
@@ -330,7 +338,8 @@ class Connection:
         ):
             await self._drained.wait()
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, progress: anyio.CancelScope | None = None) -> None:
+        """Put everything queued on the link; each message sent moves ``progress``'s deadline on."""
         while True:
             plain = self.mux.data_to_send()
             if plain:
@@ -340,6 +349,8 @@ class Connection:
                 return
             for piece in split_messages(cipher, self._max_message):
                 await self.link.send(piece)
+                if progress is not None:
+                    progress.deadline = anyio.current_time() + self._dead_after_s
 
     async def _reader(self) -> None:
         link, tls, mux = self.link, self.tls, self.mux

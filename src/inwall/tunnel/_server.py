@@ -108,12 +108,14 @@ class ServerConnection(Connection):
     async def _serve(self, stream: Stream, headers: list[Header]) -> None:
         exchange = _Exchange(self, stream)
         try:
-            scope = _scope(headers)
+            try:
+                scope = _scope(headers)
+            except ValueError:
+                # Inside the try: the stream and the window of any body it carries must be
+                # released like any other, or they leak until the connection ends.
+                await exchange.simple_response(400, b"bad request\n")
+                return
             scope["extensions"] = {"inwall.tunnel": {"stream_id": stream.id, "connection": self.label}}
-        except ValueError:
-            await exchange.simple_response(400, b"bad request\n")
-            return
-        try:
             await self._app(scope, exchange.receive, exchange.send)
         except (TunnelClosed, StreamGone, ClientDisconnected):
             pass  # the edge or the link went away; nothing to answer

@@ -36,10 +36,6 @@ class Liveness:
     def received(self, now: float) -> None:
         self._last_received = now
 
-    @property
-    def last_received(self) -> float:
-        return self._last_received
-
     def poll(self, now: float) -> tuple[LivenessAction, float]:
         """The action due at ``now`` and the time of the next decision.
 

@@ -240,6 +240,11 @@ class _FrameSplitter:
         self._in_header_block = False
         self._header_block = 0
 
+    @property
+    def holding(self) -> bool:
+        """Whether bytes of a frame header or of a GOAWAY are buffered here, not yet passed on."""
+        return bool(self._header) or self._capture is not None
+
     def feed(
         self, data: bytes | bytearray
     ) -> tuple[list[memoryview | bytes | bytearray], list[GoAwayReceived]]:
@@ -373,9 +378,12 @@ class Mux:
         if self.failed:
             return []
         try:
+            held_before = self._splitter.holding
             pieces, goaways = self._splitter.feed(data)
-            if not goaways:
-                pieces = [data]  # nothing was cut out: hand h2 the bytes as they came
+            if not (goaways or held_before or self._splitter.holding):
+                # Nothing cut out and no frame header or GOAWAY straddling this read's
+                # edges: the pieces are ``data`` itself, so hand h2 the bytes as they came.
+                pieces = [data]
             raw = self._h2.receive_data(b"".join(pieces) if len(pieces) > 1 else pieces[0]) if pieces else []
         except _Violation as exc:
             return [self._fail(exc.code, exc.reason)]
@@ -435,10 +443,6 @@ class Mux:
     # ---- streams --------------------------------------------------------------------
 
     @property
-    def open_streams(self) -> int:
-        return self._h2.open_outbound_streams if self.client else self._h2.open_inbound_streams
-
-    @property
     def can_open_stream(self) -> bool:
         """Client side: whether a new stream fits under the peer's concurrency limit now."""
         return (
@@ -468,12 +472,6 @@ class Mux:
             self._h2.send_headers(stream_id, list(headers), end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:
             raise LocalProtocolError(f"cannot send headers on stream {stream_id}: {exc}") from exc
-
-    def send_window(self, stream_id: int) -> int:
-        try:
-            return self._h2.local_flow_control_window(stream_id)
-        except h2.exceptions.ProtocolError:
-            return 0
 
     def send_data(self, stream_id: int, data: bytes | memoryview, *, end_stream: bool = False) -> int:
         """Queue as much of ``data`` as the windows allow; returns how many bytes were taken.

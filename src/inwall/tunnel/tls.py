@@ -11,7 +11,6 @@ and checks the certificate against the tunnel's domain.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from typing import cast
 
@@ -97,9 +96,6 @@ class TLSEndpoint:
     def receive_ciphertext(self, data: bytes) -> None:
         self._incoming.write(data)
 
-    def receive_eof(self) -> None:
-        self._incoming.write_eof()
-
     def do_handshake(self) -> bool:
         """Advance the handshake; True once it is complete (then call :meth:`read` for early data)."""
         if self.handshake_complete:
@@ -173,17 +169,9 @@ class TLSEndpoint:
                 raise TunnelProtocolError(f"inner TLS write failed: {exc.reason or exc}") from exc
             view = view[written:]
 
-    def close(self) -> None:
-        """Queue a close_notify (best effort: a broken session is simply dropped)."""
-        with contextlib.suppress(ssl.SSLError):
-            self._obj.unwrap()
-
     def ciphertext_to_send(self) -> bytes:
         return self._outgoing.read()
 
     @property
     def pending_ciphertext(self) -> int:
         return self._outgoing.pending
-
-    def peer_certificate_der(self) -> bytes | None:
-        return self._obj.getpeercert(binary_form=True)
