@@ -63,7 +63,7 @@ class TunnelService:
     """The tunnels REST API's domain logic, and the directory the tunnel edge consults.
 
     ``on_revoke(tunnel_id, token_id, grace_s)`` closes connections opened with a rotated token
-    after the grace period; ``on_archive(tunnel_id)`` closes every connection of the tunnel, after
+    after the grace period; ``on_archive(tunnel_id, reason)`` closes every connection of the tunnel, after
     the tunnel or one of its CA certificates was archived.
     """
 
@@ -74,7 +74,7 @@ class TunnelService:
         *,
         domain_suffix: str,
         on_revoke: Callable[[str, str, float], Awaitable[None]] | None = None,
-        on_archive: Callable[[str], Awaitable[None]] | None = None,
+        on_archive: Callable[[str, str], Awaitable[None]] | None = None,
         rotation_grace_s: float = 60.0,
     ) -> None:
         self._db = db
@@ -164,7 +164,7 @@ class TunnelService:
                 )
             result = _render(await self._row(conn, tunnel_id))
         if not already and self.on_archive is not None:
-            await self.on_archive(tunnel_id)
+            await self.on_archive(tunnel_id, "tunnel archived")
         return result
 
     async def reveal_token(self, tunnel_id: str) -> dict[str, Any]:
@@ -272,7 +272,7 @@ class TunnelService:
                 )
             result = await self._cert(conn, tunnel_id, cert_id)
         if not already and self.on_archive is not None:
-            await self.on_archive(tunnel_id)
+            await self.on_archive(tunnel_id, "its CA certificate was archived")
         return result
 
     async def list_certificates(

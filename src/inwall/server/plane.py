@@ -118,8 +118,8 @@ class ControlPlane:
         self.tunnels.on_revoke = lambda tunnel_id, token_id, grace: self.edge.revoke_token(
             tunnel_id, token_id, grace_s=grace
         )
-        self.tunnels.on_archive = lambda tunnel_id: self.edge.disconnect_tunnel(
-            tunnel_id, reason="tunnel archived"
+        self.tunnels.on_archive = lambda tunnel_id, reason: self.edge.disconnect_tunnel(
+            tunnel_id, reason=reason
         )
         # MCP traffic: hosts under a tunnel domain go through the tunnel and nowhere
         # else; every other host is reached directly.
