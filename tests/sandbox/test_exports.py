@@ -17,6 +17,7 @@ MODULES = [
     "inwall.sandbox.runner",
     "inwall.sandbox.violations",
     "inwall.sandbox.probe",
+    "inwall.sandbox.access",
     "inwall.cli.sandbox",
 ]
 
@@ -34,7 +35,7 @@ def test_exec_path_avoids_heavy_imports() -> None:
     code = (
         "import sys\n"
         "import inwall.cli.sandbox, inwall.sandbox.runner, inwall.sandbox.bwrap, inwall.sandbox.seccomp\n"
-        "import inwall.sandbox.probe, inwall.sandbox.policy\n"
+        "import inwall.sandbox.probe, inwall.sandbox.policy, inwall.sandbox.access\n"
         "print(' '.join(m for m in ('dataclasses', 'typing', 'asyncio', 'anyio', 'pydantic', 'pathlib')"
         " if m in sys.modules))\n"
     )

@@ -23,7 +23,7 @@ from inwall.worker.identity import IdentitySource
 from inwall.worker.perimeter import Perimeter
 from inwall.worker.recorder import AuditRecorder
 from inwall.worker.runtime import RuntimeOptions, SessionRuntime
-from inwall.worker.snapshots import DirectoryStore
+from inwall.worker.snapshots import DirectoryStore, SnapshotStore
 from tests.helpers import Server, fast_settings, mint_env_key, running_server, wait_until
 
 
@@ -66,12 +66,13 @@ def runtime_options(
     recorder: AuditRecorder | None,
     settings: SandboxSettings | None = None,
     perimeter: Perimeter | None = None,
+    store: SnapshotStore | None = None,
 ) -> RuntimeOptions:
     return RuntimeOptions(
         settings=settings or SandboxSettings.default(),
         sessions_dir=root / "sessions",
         state_dir=root / "state",
-        store=DirectoryStore(root / "snapshots"),
+        store=store or DirectoryStore(root / "snapshots"),
         recorder=recorder,
         cancel_grace_s=2.0,
         kill_grace_s=0.5,
@@ -94,8 +95,10 @@ class session_runtime:
         settings: SandboxSettings | None = None,
         perimeter: Perimeter | None = None,
         identity: IdentitySource | None = None,
+        store: SnapshotStore | None = None,
     ):
         self.root = root
+        self.store = store
         self.session_id = session_id
         self.settings = settings
         self.perimeter = perimeter
@@ -107,7 +110,7 @@ class session_runtime:
         self.audit_path = self.root / "audit.jsonl"
         self.recorder = AuditRecorder(AuditLog(self.audit_path), sync=True)
         self.rt = SessionRuntime(
-            runtime_options(self.root, self.recorder, self.settings, self.perimeter),
+            runtime_options(self.root, self.recorder, self.settings, self.perimeter, self.store),
             self.session_id,
             work_id="work_t",
             identity=self.identity,

@@ -10,12 +10,15 @@ every test has a positive control: the same call with a good token runs.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from anthropic.lib.tools import ToolError
 from anthropic.lib.tools._tool_dispatch import tool_error_content
@@ -23,11 +26,14 @@ from anthropic.lib.tools._tool_dispatch import tool_error_content
 from inwall.audit import verify_file
 from inwall.governance import (
     DENIAL_TEXT,
+    Decision,
     Identity,
     IdentityIssuer,
     IdentityKeys,
     IdentityVerifier,
+    PolicyEngine,
     PolicyFile,
+    PolicySet,
     Redactor,
     input_digest,
 )
@@ -296,3 +302,91 @@ async def test_a_result_the_redactor_cannot_finish_in_time_is_withheld(ws_root: 
     calls = tool_calls(r.audit_path)
     assert [(c["outcome"], c.get("redaction")) for c in calls] == [("withheld", "timed_out"), ("ok", None)]
     assert SECRETS["emails"] not in r.audit_path.read_text()
+
+
+async def test_a_redaction_past_its_deadline_keeps_the_session_busy(ws_root: Path) -> None:
+    """A thread cannot be stopped: while a late redaction still runs, results are withheld at once."""
+    # Seconds of work, in Python (a single regex pass would hold the GIL and stall the loop too):
+    # 6 MB of card-like numbers, each checked and none valid.
+    p = Perimeter(environment_id=ENV, redactor=Redactor(("card_numbers",)))
+    slow = {"command": "yes '4111 1111 1111 1112' | head -n 300000"}
+    async with session_runtime(ws_root, session_id=SID, perimeter=p) as r:
+        patient = r.rt.options
+        r.rt.options = replace(patient, redact_timeout_s=0.05)
+        assert await call(r.tools["bash"], slow) == (True, WITHHELD)
+        r.rt.options = patient  # a deadline the next result would meet easily
+        assert await call(r.tools["bash"], {"command": "echo next"}) == (True, WITHHELD)
+        # positive control: once the late thread has ended, results come back again
+        busy = r.rt._redact_busy
+        assert await anyio.to_thread.run_sync(partial(busy.acquire, timeout=60))
+        busy.release()
+        assert await call(r.tools["bash"], {"command": "echo next"}) == (False, "next")
+    calls = tool_calls(r.audit_path)
+    assert [(c["outcome"], c.get("redaction")) for c in calls] == [
+        ("withheld", "timed_out"),
+        ("withheld", "timed_out"),
+        ("ok", None),
+    ]
+
+
+async def test_violations_read_from_output_are_bounded_and_redacted_in_the_audit(ws_root: Path) -> None:
+    """A denied path from command output goes to the audit log cut short, redacted like the result."""
+    email = SECRETS["emails"]
+    name = "./" * 150 + email + "_" + "z" * 200  # over 512 characters, the secret inside the first 512
+    p = Perimeter(environment_id=ENV, redactor=Redactor(("emails",)))
+    async with session_runtime(ws_root, session_id=SID, perimeter=p) as r:
+        is_error, text = await call(r.tools["bash"], {"command": f"echo x > /usr/{name}"})
+        assert is_error and "Read-only file system" in text and "[REDACTED:emails]" in text  # it ran
+        assert email not in text
+    (vio,) = [rec for rec in map(json.loads, r.audit_path.read_text().splitlines()) if rec.get("violation")]
+    assert vio["violation"] == "filesystem_denied" and vio["op"] == "write"
+    assert str(vio["path"]).startswith("/usr/././") and "[REDACTED:emails]" in str(vio["path"])
+    assert len(str(vio["path"])) <= 512
+    assert email not in r.audit_path.read_text()
+
+
+class DecisionThreads(PolicyEngine):
+    """A real policy engine that notes which thread each decision ran on."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        super().__init__(policies)
+        self.threads: list[int] = []
+
+    def decide(self, *args: Any, **kwargs: Any) -> Decision:
+        self.threads.append(threading.get_ident())
+        return super().decide(*args, **kwargs)
+
+
+async def test_a_large_input_is_decided_off_the_event_loop(ws_root: Path) -> None:
+    """The control plane's 1 MB offload write: Cedar spends milliseconds on it, not on the event loop."""
+    engine = DecisionThreads(PolicySet.parse("permit (principal, action, resource);\n", source="test"))
+    p = Perimeter(environment_id=ENV, policy=engine)
+    loop_thread = threading.get_ident()
+    async with session_runtime(ws_root, session_id=SID, perimeter=p) as r:
+        assert await call(r.tools["write"], {"file_path": "small.txt", "content": "x"}) == (
+            False,
+            "wrote 1 bytes to small.txt",
+        )
+        big = "y" * (1024 * 1024)
+        is_error, _ = await call(r.tools["write"], {"file_path": "big.txt", "content": big})
+        assert not is_error and (r.workspace / "big.txt").stat().st_size == len(big)
+    small_thread, big_thread = engine.threads
+    assert small_thread == loop_thread and big_thread != loop_thread
+
+
+async def test_a_policy_reload_stays_on_the_event_loop_for_a_large_input(ws_root: Path) -> None:
+    """Only the decision moves to a thread: the reload and its callback (an audit record) do not."""
+    policy = ws_root / "worker.cedar"
+    policy.write_text('@id("all") permit (principal, action, resource);\n')
+    reloads: list[int] = []
+    p = Perimeter(
+        environment_id=ENV,
+        policy=PolicyFile(policy, on_reload=lambda _: reloads.append(threading.get_ident())),
+    )
+    async with session_runtime(ws_root, session_id=SID, perimeter=p) as r:
+        policy.write_text('@id("no-writes") forbid (principal, action, resource == Inwall::Tool::"write");\n')
+        big = {"file_path": "big.txt", "content": "y" * (1024 * 1024)}
+        assert await call(r.tools["write"], big) == (True, DENIAL_TEXT)  # the edited policy decided
+        assert not (r.workspace / "big.txt").exists()
+    assert reloads == [threading.get_ident()]
+    assert [c["perimeter"]["policies"] for c in tool_calls(r.audit_path)] == [["no-writes"]]

@@ -6,6 +6,7 @@ Every refusal test also shows the sandbox ran the command (a positive control).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,9 @@ from anthropic.lib.tools import ToolError
 
 from inwall.audit import verify_file
 from inwall.sandbox import SandboxSettings
+from inwall.sandbox.violations import MAX_RENDERED, EgressDenied
 from inwall.worker.runtime import INTERRUPTED
+from inwall.worker.snapshots import DirectoryStore
 from tests.sandbox.egress.helpers import http_origin
 
 from .conftest import Runtime, session_runtime, wait_for_path
@@ -197,3 +200,64 @@ async def test_sessions_cannot_see_each_other(ws_root: Path) -> None:
         assert (
             await a.rt.run_call("read", {"file_path": "secret.txt"})
         ).content == "A's secret"  # positive control
+
+
+async def test_a_flood_of_violations_stays_bounded(runtime: Runtime) -> None:
+    """20,000 proxy denials between two results: a bounded backlog, block and audit field."""
+    for i in range(20_000):  # as the sandbox reports them: through the session's violation callback
+        runtime.rt._on_violation(EgressDenied(host=f"h{i}.example", port=443, reason="not allowed"))
+    assert len(runtime.rt._pending) <= 1000
+    out = await runtime.rt.run_call("bash", {"command": "echo ran"})
+    text = str(out.content)
+    assert text.startswith("ran\n<sandbox_violations>\ndeny network-outbound h0.example:443 (not allowed)\n")
+    lines = text.splitlines()
+    assert len(lines) == 1 + 1 + MAX_RENDERED + 1 + 1
+    assert lines[-2] == f"… and {20_000 - MAX_RENDERED} more" and lines[-1] == "</sandbox_violations>"
+    (call,) = [r for r in records(runtime.audit_path) if r["kind"] == "tool_call"]
+    assert call["violations"] == {"egress_denied": 20_000}
+    again = await runtime.rt.run_call("bash", {"command": "echo clean"})
+    assert again.content == "clean" and not again.omitted  # nothing carried over twice
+
+
+class GatedStore(DirectoryStore):
+    """A real snapshot store whose manifest write waits for the test: the snapshot is in progress."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gated = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put_manifest(self, session_id: str, name: str, data: bytes) -> None:
+        if self.gated:
+            self.entered.set()
+            self.release.wait(10)
+        super().put_manifest(session_id, name, data)
+
+
+async def test_a_timeout_during_the_snapshot_is_audited_as_cancelled(ws_root: Path) -> None:
+    """The SDK's tool timeout fires while the shielded snapshot runs: the record still says what happened."""
+    store = GatedStore(ws_root / "snapshots")
+    async with session_runtime(ws_root, store=store) as r:
+        assert (await r.rt.run_call("write", {"file_path": "first.txt", "content": "1"})).ok  # control
+        store.gated = True
+        scope = anyio.CancelScope()
+        returned: list[object] = []
+
+        async def call() -> None:
+            with scope:
+                returned.append(await r.tools["write"].call({"file_path": "a.txt", "content": "x"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            assert await anyio.to_thread.run_sync(store.entered.wait, 5)
+            scope.cancel()  # as the runner's fail_after does
+            store.release.set()
+        assert returned == [] and scope.cancelled_caught
+        assert (r.workspace / "a.txt").read_text() == "x"  # the write ran; its result was not returned
+    calls = [rec for rec in records(r.audit_path) if rec["kind"] == "tool_call"]
+    assert [(c["tool"], c["outcome"], c["is_error"]) for c in calls] == [
+        ("write", "ok", False),
+        ("write", "cancelled", True),
+    ]
+    assert verify_file(r.audit_path).ok

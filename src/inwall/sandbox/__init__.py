@@ -13,6 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from inwall.sandbox.access import sandbox_python
     from inwall.sandbox.policy import FilesystemPolicy, Limits, NetworkPolicy, SandboxSettings
     from inwall.sandbox.probe import HostReport, check_host
     from inwall.sandbox.runner import RunResult, Sandbox, SandboxProcess, prepare_workdir, sandbox_identity
@@ -43,6 +44,7 @@ __all__ = [
     "prepare_workdir",
     "render_violations",
     "sandbox_identity",
+    "sandbox_python",
 ]
 
 _WHERE = {
@@ -63,6 +65,7 @@ _WHERE = {
     "SyscallDenied": "violations",
     "Violation": "violations",
     "render_violations": "violations",
+    "sandbox_python": "access",
 }
 
 

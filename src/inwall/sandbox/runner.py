@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import os
 import signal as _signal
-import sys
 import time
 
 from inwall.errors import ConfigError, SandboxUnavailable
+from inwall.sandbox.access import sandbox_python, unsearchable_ancestor
 from inwall.sandbox.policy import MIB, SandboxSettings
 
 TYPE_CHECKING = False
@@ -78,40 +78,6 @@ def sandbox_identity(settings: SandboxSettings) -> tuple[int, int]:
     return uid, gid
 
 
-def _ancestors(path: str) -> list[str]:
-    """``path`` and every directory above it, outermost first."""
-    out = [path]
-    while True:
-        parent = os.path.dirname(out[-1])
-        if parent == out[-1]:
-            break
-        out.append(parent)
-    return out[::-1]
-
-
-def _traversable_by(path: str, uid: int, gid: int) -> str | None:
-    """The first of ``path`` and its ancestors that ``uid`` cannot search, or None."""
-    if uid == os.geteuid():
-        for anc in _ancestors(path):
-            if not os.access(anc, os.X_OK):
-                return anc
-        return None
-    for anc in _ancestors(path):
-        try:
-            st = os.stat(anc)
-        except OSError:
-            return anc
-        if st.st_uid == uid:
-            ok = st.st_mode & 0o100
-        elif st.st_gid == gid:
-            ok = st.st_mode & 0o010
-        else:
-            ok = st.st_mode & 0o001
-        if not ok:
-            return anc
-    return None
-
-
 def prepare_workdir(
     path: str | os.PathLike[str], *, settings: SandboxSettings | None = None, mode: int = 0o700
 ) -> Path:
@@ -135,7 +101,7 @@ def prepare_workdir(
     if st.st_uid != uid:
         raise ConfigError(f"workspace {p} exists but belongs to uid {st.st_uid}, not the sandbox uid {uid}")
     os.chmod(p, mode)
-    blocked = _traversable_by(str(p), uid, gid)
+    blocked = unsearchable_ancestor(str(p), uid, gid)
     if blocked is not None:
         raise ConfigError(
             f"the sandbox uid {uid} cannot reach {p}: {blocked} is not searchable by it "
@@ -432,7 +398,7 @@ class Sandbox:
                     f"let it read root-only files. Make a workspace for it: "
                     f"`install -d -o {self.uid} -g {self.gid} -m 0700 DIR`, then pass --workdir DIR"
                 )
-        blocked = _traversable_by(wd, self.uid, self.gid)
+        blocked = unsearchable_ancestor(wd, self.uid, self.gid)
         if blocked is not None:
             raise ConfigError(
                 f"the sandbox uid {self.uid} cannot reach workdir {wd}: {blocked} is not searchable"
@@ -441,10 +407,9 @@ class Sandbox:
     def _record(self, v: Violation) -> None:
         self._events.append(v)
         if self.audit is not None:
-            record = v.to_dict()
-            # ``kind`` is the audit record's own field; the violation's kind travels as ``violation``.
-            record["violation"] = record.pop("kind", type(v).__name__)
-            self.audit.append("sandbox_violation", workdir=self._wd, **record)
+            from inwall.sandbox.violations import audit_fields
+
+            self.audit.append("sandbox_violation", workdir=self._wd, **audit_fields(v.to_dict()))
         if self.on_event is not None:
             self.on_event(v)
 
@@ -509,21 +474,6 @@ class Sandbox:
                 shutil.rmtree(self._runtime_dir, ignore_errors=True)
                 self._runtime_dir = None
 
-    def _python_for_sandbox(self) -> str:
-        """A Python the sandbox uid can execute (the venv may live under /root)."""
-        cands = [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
-        for c in cands:
-            if os.path.isfile(c) and _traversable_by(os.path.dirname(c), self.uid, self.gid) is None:
-                st = os.stat(c)
-                if self.uid == os.geteuid() and os.access(c, os.X_OK):
-                    return c
-                if st.st_mode & 0o001:
-                    return c
-        raise SandboxUnavailable(
-            f"no Python interpreter the sandbox uid {self.uid} can run (needed for the egress bridge): "
-            "`apt-get install python3-minimal`"
-        )
-
     # ------------------------------------------------------------------ launch recipe
 
     def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -534,7 +484,8 @@ class Sandbox:
         if self.uid != os.geteuid():
             # entries the sandbox uid cannot search (a root-only pyenv, say) only turn
             # "command not found" into "permission denied"
-            dirs = [d for d in env["PATH"].split(":") if d and _traversable_by(d, self.uid, self.gid) is None]
+            path = env["PATH"].split(":")
+            dirs = [d for d in path if d and unsearchable_ancestor(d, self.uid, self.gid) is None]
             env["PATH"] = ":".join(dirs) or _DEFAULT_PATH
         env["HOME"] = self._wd
         if s.git_safe_directories:
@@ -597,7 +548,7 @@ class Sandbox:
                 fds_to_close.append(fd)
             sock_dest = f"{SANDBOX_RUN_DIR}/proxy.sock"
             extra_binds.append((self._socket_path, sock_dest))
-            command = [self._python_for_sandbox(), "-I", "-S", f"{SANDBOX_RUN_DIR}/_init.py"]
+            command = [sandbox_python(self.uid, self.gid), "-I", "-S", f"{SANDBOX_RUN_DIR}/_init.py"]
             for name, soft, hard in rlimit_table(limits):
                 command += ["--rlimit", f"{name}={soft}:{hard}"]
             command += [

@@ -8,7 +8,7 @@ Tool results show them to the model inside a ``<sandbox_violations>`` block
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -18,9 +18,13 @@ __all__ = [
     "LimitExceeded",
     "SyscallDenied",
     "Violation",
+    "audit_fields",
     "from_stderr",
     "render_violations",
 ]
+
+#: distinct lines a ``<sandbox_violations>`` block shows; the rest are counted in its last line
+MAX_RENDERED = 50
 
 
 @dataclass(frozen=True)
@@ -92,16 +96,38 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def render_violations(violations: Sequence[Violation]) -> str:
-    """The block appended to a tool result; empty string when nothing was blocked."""
-    if not violations:
+def render_violations(violations: Sequence[Violation], *, omitted: int = 0) -> str:
+    """The block appended to a tool result; empty string when nothing was blocked.
+
+    Repeated lines are shown once, in first-seen order, and at most
+    :data:`MAX_RENDERED` of them: a command that trips the proxy 20,000 times
+    must neither bury the model's context in a megabyte of denials nor stall
+    the event loop rendering them. ``omitted`` counts violations the caller
+    dropped before rendering (they may repeat shown ones); the last line
+    ("… and N more") adds them to the distinct lines not shown.
+    """
+    if not violations and not omitted:
         return ""
-    seen: list[str] = []
+    lines: dict[str, None] = {}  # a dict keeps insertion order and answers "seen?" in O(1)
     for v in violations:
-        line = _escape(v.line())
-        if line not in seen:
-            seen.append(line)
-    return "<sandbox_violations>\n" + "\n".join(seen) + "\n</sandbox_violations>"
+        lines.setdefault(_escape(v.line()))
+    shown = list(lines)[:MAX_RENDERED]
+    more = len(lines) - len(shown) + omitted
+    if more:
+        shown.append(f"… and {more} more")
+    return "<sandbox_violations>\n" + "\n".join(shown) + "\n</sandbox_violations>"
+
+
+def audit_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A violation's ``to_dict()`` as audit record fields: its ``kind`` travels as ``violation``.
+
+    ``kind`` is the audit record's own field (``AuditLog.append``'s first
+    parameter); passed through, the violation's kind would collide with it.
+    """
+    out = dict(fields)
+    if "kind" in out:
+        out["violation"] = out.pop("kind")
+    return out
 
 
 # "prog: PATH: Read-only file system" and the like, as coreutils, bash and
@@ -148,7 +174,3 @@ def from_stderr(
         if len(out) >= max_events:
             break
     return out
-
-
-def as_dicts(violations: Iterable[Violation]) -> list[dict[str, Any]]:
-    return [v.to_dict() for v in violations]

@@ -378,8 +378,6 @@ class Shim:
         if "max_file_bytes" in args:
             self.max_file_bytes = args["max_file_bytes"]
             self.explicit_max_file_bytes = True
-        if "env" in args:
-            self.env.update({str(k): str(v) for k, v in dict(args["env"]).items()})
         if "bash_output_bytes" in args:
             self.bash_output_bytes = max(1, int(args["bash_output_bytes"]))
         info = {

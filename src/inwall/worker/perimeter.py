@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -276,45 +276,82 @@ class Perimeter:
 
         ``input_sha256`` is :func:`~inwall.governance.input_digest` of ``input``
         when the caller has it already (hashing a megabyte-sized write twice
-        costs milliseconds).
+        costs milliseconds). The two steps, :meth:`check_identity` and
+        :meth:`decide`, are public so that a caller can run the second on a
+        thread.
         """
-        identity: Identity = ANONYMOUS
-        status, reason, tool_use_id = "anonymous", "", ""
-        if self.verifier is not None:
-            if token is None:
-                reason = token_problem or "absent"
-                if self.require_identity:
-                    return self._refused(reason)
-            else:
-                try:
-                    digest = input_sha256 if input_sha256 is not None else input_digest(input)
-                    verified = self.verifier.verify(token, tool=tool, input_sha256=digest)
-                except IdentityError as exc:
-                    return self._refused(exc.reason)
-                except InvalidInput:
-                    return self._refused("malformed_input")
-                if verified.session_id != session_id:
-                    return self._refused("wrong_session")
-                identity, status, tool_use_id = verified.identity, "verified", verified.tool_use_id
-        engine = self.engine()
+        admission = self.check_identity(
+            tool,
+            input,
+            session_id=session_id,
+            token=token,
+            token_problem=token_problem,
+            input_sha256=input_sha256,
+        )
+        if not admission.allowed:
+            return admission
+        return self.decide(admission, self.engine(), tool, input, session_id=session_id)
+
+    def check_identity(
+        self,
+        tool: str,
+        input: Mapping[str, Any],
+        *,
+        session_id: str,
+        token: str | None,
+        token_problem: str = "",
+        input_sha256: str | None = None,
+    ) -> Admission:
+        """The first step of :meth:`admit`: who is calling. Allowed unless the identity was refused."""
+        if self.verifier is None:
+            return Admission(True, ANONYMOUS, "anonymous")
+        if token is None:
+            reason = token_problem or "absent"
+            if self.require_identity:
+                return self._refused(reason)
+            return Admission(True, ANONYMOUS, "anonymous", reason)
+        try:
+            digest = input_sha256 if input_sha256 is not None else input_digest(input)
+            verified = self.verifier.verify(token, tool=tool, input_sha256=digest)
+        except IdentityError as exc:
+            return self._refused(exc.reason)
+        except InvalidInput:
+            return self._refused("malformed_input")
+        if verified.session_id != session_id:
+            return self._refused("wrong_session")
+        return Admission(True, verified.identity, "verified", tool_use_id=verified.tool_use_id)
+
+    def decide(
+        self,
+        admission: Admission,
+        engine: PolicyEngine | None,
+        tool: str,
+        input: Mapping[str, Any],
+        *,
+        session_id: str,
+    ) -> Admission:
+        """The second step: ``engine``'s decision for the identity ``admission`` established.
+
+        Safe on a worker thread — Cedar takes milliseconds over a megabyte of
+        input — as long as ``engine`` comes from :meth:`engine`, called on the
+        event loop: a policy reload and its callbacks (which write audit
+        records) belong there.
+        """
         if engine is None:
-            return Admission(True, identity, status, reason, tool_use_id=tool_use_id)
+            return admission
         decision = engine.decide(
-            identity,
+            admission.identity,
             ToolRef(name=tool, kind="builtin"),
             input,
             session_id=session_id,
             environment_id=self.environment_id,
         )
-        return Admission(
-            decision.allowed,
-            identity,
-            status,
-            reason,
+        return replace(
+            admission,
+            allowed=decision.allowed,
             denied_by="" if decision.allowed else "policy",
             policies=decision.reasons,
             policy_errors=decision.errors,
-            tool_use_id=tool_use_id,
             model_text="" if decision.allowed else DENIAL_TEXT,
         )
 

@@ -17,7 +17,10 @@ from inwall.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["DEFAULT_MAX_LINE", "Reply", "ShimProtocol"]
 
-#: A reply carries at most a 5 MiB image as base64, or 256 KiB of text escaped as JSON.
+#: A reply carries at most a 5 MiB image as base64, or up to 8 MiB of bash output whose JSON-escaped
+#: text the shim keeps under 9 MiB (``_shim.RESULT_JSON_CEILING``). The line is written with
+#: ``ensure_ascii``, which can triple non-ASCII text (a 4-byte character becomes a 12-byte
+#: surrogate pair): about 27 MiB at worst, well under this limit.
 DEFAULT_MAX_LINE = 64 * 1024 * 1024
 
 

@@ -11,7 +11,12 @@ host crash loses at most that window). A tool call waits only when the
 queue is full; a worker killed with SIGKILL loses only records still queued
 (microseconds' worth). ``sync=True`` makes every record durable before the
 call returns (the log itself then fsyncs each append). Shutdown closes the
-queue; the writer drains it and fsyncs before the worker exits.
+queue; the writer drains it and fsyncs before the worker exits, and does the
+same (shielded, bounded) when its task group is cancelled instead.
+
+Records made on other threads (the egress proxy appends from a worker
+thread) join the same queue through the event loop, so the log keeps the
+order in which records were made.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskStatus
+
+from inwall.sandbox.violations import audit_fields
 
 if TYPE_CHECKING:
     from inwall.audit import AuditLog
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _BATCH = 256
 DEFAULT_FSYNC_INTERVAL_S = 0.1
+#: how long a cancelled writer may spend writing what is still queued
+_DRAIN_S = 30.0
 
 
 class AuditRecorder:
@@ -55,6 +66,7 @@ class AuditRecorder:
         self._closed = False
         self._running = False
         self._loop_thread: int | None = None
+        self._loop_token: anyio.lowlevel.EventLoopToken | None = None
 
     async def record(self, kind: str, **fields: Any) -> None:
         if self.audit is None:
@@ -70,16 +82,48 @@ class AuditRecorder:
             await anyio.to_thread.run_sync(partial(self._append, kind, fields))
 
     def record_nowait(self, kind: str, fields: dict[str, Any]) -> None:
-        """For synchronous callers: queue when on the event loop's thread, else append here (blocking)."""
+        """For synchronous callers, on the event loop's thread or any other.
+
+        Another thread's record is queued through the event loop (that thread
+        waits while the queue is full), so it lands after the records queued
+        before it and before the ones queued after it. Without a running writer
+        the record is appended here (blocking).
+        """
         if self.audit is None:
             return
-        if self.sync or self._closed or threading.get_ident() != self._loop_thread:
+        item = (kind, fields)
+        token = self._loop_token
+        if self.sync or self._closed or token is None:
             self._append(kind, fields)
             return
         try:
-            self._send.send_nowait((kind, fields))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._append(kind, fields)
+            if threading.get_ident() == self._loop_thread:
+                queued = self._queue_on_loop(item)
+            else:
+                try:
+                    queued = anyio.from_thread.run_sync(self._queue_on_loop, item, token=token)
+                except anyio.WouldBlock:  # backpressure, as in record(): this thread waits, not the loop
+                    anyio.from_thread.run(self._send.send, item, token=token)
+                    queued = True
+        except (
+            anyio.WouldBlock,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            anyio.RunFinishedError,
+        ):
+            queued = False
+        if not queued:
+            self._append(kind, fields)  # the writer is gone (or, on the loop, the queue is full)
+
+    def _queue_on_loop(self, item: tuple[str, dict[str, Any]]) -> bool:
+        """On the event loop's thread: queue ``item``; False once the writer takes no more records."""
+        if self._closed:
+            return False
+        try:
+            self._send.send_nowait(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
 
     def _append(self, kind: str, fields: dict[str, Any]) -> None:
         assert self.audit is not None
@@ -106,38 +150,67 @@ class AuditRecorder:
             log.exception("audit fsync failed")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Append queued records until :meth:`close`, then drain what is left and return."""
+        """Append queued records until :meth:`close`, then drain what is left and return.
+
+        Cancelled instead (its task group torn down), it still writes and
+        fsyncs what is queued — shielded, within ``_DRAIN_S`` — and later
+        records are written synchronously, so ``worker_stopped`` and the
+        like are not lost.
+        """
         self._loop_thread = threading.get_ident()
+        self._loop_token = anyio.lowlevel.current_token()
         self._running = True
         task_status.started()
+        try:
+            async with self._recv:
+                try:
+                    await self._write_until_closed()
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN_S):
+                        await self._drain()
+                    self._closed = True
+        finally:
+            self._loop_token = None
+            self._send.close()  # nothing reads the queue any more
+
+    async def _write_until_closed(self) -> None:
         dirty = False
         last_flush = anyio.current_time()
-        async with self._recv:
-            while True:
-                item = None
-                # with unflushed records, wait for more only until the group's deadline
-                wait = last_flush + self.fsync_interval_s - anyio.current_time() if dirty else None
-                with anyio.move_on_after(wait if wait is None or wait > 0 else 0):
-                    try:
-                        item = await self._recv.receive()
-                    except anyio.EndOfStream:
-                        break
-                if item is not None:
-                    batch = [item]
-                    while len(batch) < _BATCH:
-                        try:
-                            batch.append(self._recv.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self._append_batch, batch)
-                    dirty = True
-                if dirty and anyio.current_time() - last_flush >= self.fsync_interval_s:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self.flush)
-                    dirty, last_flush = False, anyio.current_time()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.flush)
+        while True:
+            item = None
+            # with unflushed records, wait for more only until the group's deadline
+            wait = last_flush + self.fsync_interval_s - anyio.current_time() if dirty else None
+            with anyio.move_on_after(wait if wait is None or wait > 0 else 0):
+                try:
+                    item = await self._recv.receive()
+                except anyio.EndOfStream:
+                    return
+            if item is not None:
+                batch = [item, *self._take(_BATCH - 1)]
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._append_batch, batch)
+                dirty = True
+            if dirty and anyio.current_time() - last_flush >= self.fsync_interval_s:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.flush)
+                dirty, last_flush = False, anyio.current_time()
+
+    def _take(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` records already queued, without waiting."""
+        batch: list[tuple[str, dict[str, Any]]] = []
+        while len(batch) < limit:
+            try:
+                batch.append(self._recv.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return batch
+
+    async def _drain(self) -> None:
+        """Write whatever is still queued, then fsync; later records are appended where they are made."""
+        while batch := self._take(_BATCH):
+            await anyio.to_thread.run_sync(self._append_batch, batch)
+        self._closed = True  # no await since the queue was found empty: nothing queued is left behind
+        await anyio.to_thread.run_sync(self.flush)
 
     def close(self) -> None:
         """No more queued records; later ones are written synchronously."""
@@ -161,7 +234,6 @@ class SandboxAudit:
 
     def append(self, *args: Any, **fields: Any) -> dict[str, Any]:
         record_kind = str(args[0]) if args else str(fields.pop("record_kind", "event"))
-        if "kind" in fields:
-            fields["violation"] = fields.pop("kind")
+        fields = audit_fields(fields)
         self._recorder.record_nowait(record_kind, fields)
         return {"kind": record_kind, **fields}

@@ -28,32 +28,48 @@ text the SDK posts is exactly what was redacted and counted. Redaction runs
 on a thread (one per session at a time) with a deadline: a result the
 redactor cannot finish in ``redact_timeout_s`` is withheld, never posted
 unredacted, and the event loop that keeps every session's lease alive is
-not held up meanwhile.
+not held up meanwhile. A thread cannot be stopped, so one that overran its
+deadline keeps the session's redactor busy until it ends; results that
+arrive meanwhile are withheld at once instead of piling up threads.
+
+A call's audit record is written whatever happens to the call: cancelled by
+the SDK's tool timeout or by shutdown, it says ``cancelled`` — including
+when the cancellation arrived after the tool finished, while its snapshot
+was being taken, since the model then reads the timeout, not the result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 from anthropic.lib.tools import ToolError
 from anyio.abc import TaskGroup, TaskStatus
 
-from inwall.audit import canonical_json
 from inwall.errors import ConfigError, InwallError, Unavailable
-from inwall.sandbox.violations import EgressDenied, LimitExceeded, Violation, render_violations
+from inwall.governance import input_digest
+from inwall.sandbox.access import sandbox_python
+from inwall.sandbox.violations import (
+    EgressDenied,
+    LimitExceeded,
+    Violation,
+    audit_fields,
+    render_violations,
+)
 from inwall.worker.diagnose import diagnose_bash, diagnose_denied
 from inwall.worker.recorder import SandboxAudit
-from inwall.worker.shim import ShimClient, ShimLost, sandbox_python, start_shim
+from inwall.worker.shim import ShimClient, ShimLost, start_shim
 from inwall.worker.snapshots import PrepareReport, SnapshotStore, WorkspaceSnapshots, safe_session_id
 
 if TYPE_CHECKING:
@@ -79,6 +95,16 @@ INTERRUPTED = "interrupted: the worker shut down before the call finished; run i
 WITHHELD = "The tool result was withheld: it could not be checked for secrets in time."
 #: bash output the worker returns at most: under the control plane's 10 MiB request body limit
 BASH_OUTPUT_CEILING = 8 * MIB
+#: violations the sandbox reports between two results, kept for the next one; more are only counted
+_MAX_PENDING = 1000
+#: distinct denied destinations remembered per call, to tell which ones the output waits for
+_MAX_EGRESS_TRACKED = 10_000
+#: an input about this large is hashed and decided by the policy on a thread, off the event loop
+_OFF_LOOP_INPUT_CHARS = 256 * 1024
+#: a violation's text recorded in the audit log (a path from command output, say), at most
+_AUDIT_TEXT_CHARS = 512
+
+_T = TypeVar("_T")
 
 
 def bash_output_limit(settings: SandboxSettings) -> int:
@@ -108,7 +134,6 @@ class RuntimeOptions:
     kill_grace_s: float = 2.0
     cancel_grace_s: float = 5.0
     start_timeout_s: float = 30.0
-    extra_env: dict[str, str] = field(default_factory=dict)
     perimeter: Perimeter | None = None
     redact_timeout_s: float = 10.0
 
@@ -131,6 +156,8 @@ class ToolOutcome:
     admission: Admission | None = None
     #: matches replaced in the result, per pattern name
     redactions: dict[str, int] = field(default_factory=dict)
+    #: violations reported but not kept (beyond ``_MAX_PENDING``), per kind
+    omitted: Counter[str] = field(default_factory=Counter)
 
 
 class SessionRuntime:
@@ -156,14 +183,18 @@ class SessionRuntime:
         self._host_stop: anyio.Event | None = None
         self._host_done: anyio.Event | None = None
         self._prepared = False
-        self._prepare_report: PrepareReport | None = None
         self._snapshots: WorkspaceSnapshots | None = None
         self._pending: list[Violation] = []
-        self._violation_seen = anyio.Event()
+        self._pending_dropped: Counter[str] = Counter()
+        #: (host, port) the proxy denied during the running call, and the ones its output still waits for
+        self._egress_reported: set[tuple[str, int]] = set()
+        self._egress_overflow = False
+        self._egress_wait: tuple[set[tuple[str, int]], anyio.Event] | None = None
         self._inflight: anyio.CancelScope | None = None
         self._draining = False
         self._closed = False
-        self._redact_limiter: anyio.CapacityLimiter | None = None
+        #: held by the redaction thread itself, so one abandoned after its deadline still holds it
+        self._redact_busy = threading.Lock()
         self._bash_live = False
         self._bash_lost = False
         self.calls = 0
@@ -174,9 +205,6 @@ class SessionRuntime:
     async def __aenter__(self) -> SessionRuntime:
         self._tg_cm = anyio.create_task_group()
         self._tg = await self._tg_cm.__aenter__()
-        # one redaction thread at a time per session: one that overran its deadline (and still runs,
-        # abandoned) holds the token, so a session cannot pile up runaway threads
-        self._redact_limiter = anyio.CapacityLimiter(1)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -239,36 +267,42 @@ class SessionRuntime:
         """
         start = time.monotonic()
         call_input = raw_input if raw_input is not None else args
-        digest = hashlib.sha256(canonical_json(call_input)).hexdigest()
+        # a megabyte-sized write (the control plane's offload) costs milliseconds to hash and decide
+        off_loop = _larger_than(call_input, _OFF_LOOP_INPUT_CHARS)
+        if off_loop:
+            digest = await anyio.to_thread.run_sync(input_digest, call_input)
+        else:
+            digest = input_digest(call_input)
         async with self._lock:
             admission: Admission | None = None
+            out: ToolOutcome | None = None
             ran = False
             try:
                 perimeter = self.options.perimeter
                 if perimeter is not None and perimeter.checks_calls and not (self._draining or self._closed):
-                    admission = await self._admit(perimeter, tool, call_input, digest)
+                    admission = await self._admit(perimeter, tool, call_input, digest, off_loop=off_loop)
                 if admission is not None and not admission.allowed:
                     out = ToolOutcome(tool, False, admission.model_text, [], outcome="denied")
                 else:
                     ran = True
                     out = await self._call_locked(tool, args)
+                out.admission = admission
+                # A cancellation that arrived while the call's snapshot ran shielded is delivered
+                # here: the caller will not return this result, so it must not be recorded as one.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                await self._seal(out)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    out = ToolOutcome(tool, False, f"tool {tool!r} timed out", [], outcome="cancelled")
-                    out.admission = admission
-                    if ran:
-                        await self._after_lost_reply(tool, lost=False)
-                        if tool in _CHANGES_FILES:
-                            out.snapshot_s, _ = await self._snapshot()
-                    await self._finish(out, digest, start)
+                    out = await self._cancelled(tool, out, admission, ran=ran)
+                    await self._record(out, digest, start)
                 raise
-            out.admission = admission
-            await self._finish(out, digest, start)
+            with anyio.CancelScope(shield=True):
+                await self._record(out, digest, start)
         self.last = out
         return out
 
     async def _admit(
-        self, perimeter: Perimeter, tool: str, call_input: dict[str, Any], digest: str
+        self, perimeter: Perimeter, tool: str, call_input: dict[str, Any], digest: str, *, off_loop: bool
     ) -> Admission:
         token: str | None = None
         problem = ""
@@ -283,7 +317,7 @@ class SessionRuntime:
                 except Unavailable as exc:
                     log.warning("session %s: no identity token: %s", self.session_id, exc.message)
                     problem = "unavailable"
-        admission = perimeter.admit(
+        admission = perimeter.check_identity(
             tool,
             call_input,
             session_id=self.session_id,
@@ -291,40 +325,73 @@ class SessionRuntime:
             token_problem=problem,
             input_sha256=digest,  # the audit's digest is input_digest's: canonical JSON, SHA-256
         )
+        if admission.allowed:
+            # here, on the event loop: a policy reload and its audit callbacks belong to it
+            engine = perimeter.engine()
+            decide = partial(
+                perimeter.decide, admission, engine, tool, call_input, session_id=self.session_id
+            )
+            admission = (
+                await anyio.to_thread.run_sync(decide) if off_loop and engine is not None else decide()
+            )
         if not admission.allowed:
             why = admission.identity_reason if admission.denied_by == "identity" else "policy"
             log.info("session %s: %s call denied at the perimeter (%s)", self.session_id, tool, why)
         return admission
 
-    async def _finish(self, out: ToolOutcome, digest: str, start: float) -> None:
+    async def _cancelled(
+        self, tool: str, out: ToolOutcome | None, admission: Admission | None, *, ran: bool
+    ) -> ToolOutcome:
+        """The outcome of a call its caller gave up on (the SDK's tool timeout, or shutdown). Shielded.
+
+        ``out`` is the finished call's outcome when the cancellation came after
+        it (during its snapshot, or its redaction): what it did stays on the
+        record, but the model reads the timeout, so that is the outcome.
+        """
+        if out is None:
+            out = ToolOutcome(tool, False, "", [])
+            out.admission = admission
+            if ran:
+                await self._after_lost_reply(tool, lost=False)
+                if tool in _CHANGES_FILES:
+                    out.snapshot_s, _ = await self._snapshot()
+        out.ok, out.outcome, out.content = False, "cancelled", f"tool {tool!r} timed out"
+        return out
+
+    async def _seal(self, out: ToolOutcome) -> None:
+        """The result as it leaves: the violations block appended, then all of it redacted (or withheld)."""
+        if out.violations or out.omitted:
+            out.content = _with_violations(out.content, out.violations, sum(out.omitted.values()))
+        perimeter = self.options.perimeter
+        if perimeter is None or perimeter.redactor is None:
+            return
+        redacted = await self._off_loop_redaction(partial(_redact, perimeter, out.content))
+        if redacted is None:
+            log.error("session %s: redacting a %s result timed out; withheld", self.session_id, out.tool)
+            out.ok, out.outcome, out.content = False, "withheld", WITHHELD
+            return
+        out.content, out.redactions = redacted
+
+    async def _record(self, out: ToolOutcome, digest: str, start: float) -> None:
+        """The call's audit records: the violations this worker inferred, then ``tool_call``."""
         out.duration_s = time.monotonic() - start
         self.calls += 1
-        for v in out.inferred:
-            fields = v.to_dict()
-            fields["violation"] = fields.pop("kind")
+        for fields in await self._violation_records(out.inferred):
             await self._audit(
                 "sandbox_violation", session_id=self.session_id, workdir=str(self.workspace), **fields
             )
-        if out.violations:
-            out.content = _with_violations(out.content, out.violations)
-        perimeter = self.options.perimeter
         extra: dict[str, Any] = {}
         if out.admission is not None:
             extra["perimeter"] = out.admission.audit_fields()
-        if perimeter is not None and perimeter.redactor is not None:
-            redacted = await self._redacted(perimeter, out.content)
-            if redacted is None:
-                log.error("session %s: redacting a %s result timed out; withheld", self.session_id, out.tool)
-                out.ok, out.outcome, out.content = False, "withheld", WITHHELD
-                extra["redaction"] = "timed_out"
-                redacted = (WITHHELD, {})
-            out.content, out.redactions = redacted
-            if out.redactions:
-                # A list, not {name: count} (the gateway's form too): the audit log blanks values
-                # under secret-looking keys, and pattern names ("api_keys", a custom "token") are such keys.
-                extra["redactions"] = [
-                    {"pattern": name, "count": count} for name, count in sorted(out.redactions.items())
-                ]
+        if out.outcome == "withheld":
+            extra["redaction"] = "timed_out"
+        if out.redactions:
+            # A list, not {name: count} (the gateway's form too): the audit log blanks values
+            # under secret-looking keys, and pattern names ("api_keys", a custom "token") are such keys.
+            extra["redactions"] = [
+                {"pattern": name, "count": count} for name, count in sorted(out.redactions.items())
+            ]
+        kinds = Counter(v.kind for v in out.violations) + out.omitted
         await self._audit(
             "tool_call",
             session_id=self.session_id,
@@ -337,9 +404,36 @@ class SessionRuntime:
             duration_ms=round(out.duration_s * 1000, 3),
             snapshot_ms=round(out.snapshot_s * 1000, 3),
             bytes_out=_bytes_out(out.content),
-            violations=[v.kind for v in out.violations],
+            # kinds with counts: a command that trips the proxy 20,000 times makes one small field
+            violations=dict(kinds),
             **extra,
         )
+
+    async def _violation_records(self, inferred: list[Violation]) -> list[dict[str, Any]]:
+        """Audit fields of violations read from command output: their text bounded, and redacted.
+
+        A path or message taken from output can hold what the result's redaction
+        removed (a token in a file name, say), so it is redacted the same way,
+        then cut to ``_AUDIT_TEXT_CHARS``; when the redactor cannot finish in
+        time the text is withheld from the record, as the result would be.
+        """
+        records = [audit_fields(v.to_dict()) for v in inferred]
+        texts = [(r, k) for r in records for k, val in r.items() if k != "violation" and isinstance(val, str)]
+        if not texts:
+            return records
+        # cut before redacting too (bounded work), with room for a secret that straddles the final cut
+        values = [str(r[k])[: _AUDIT_TEXT_CHARS * 2] for r, k in texts]
+        perimeter = self.options.perimeter
+        if perimeter is not None and perimeter.redactor is not None:
+            redacted = await self._off_loop_redaction(partial(_redact_texts, perimeter, values))
+            values = (
+                redacted
+                if redacted is not None
+                else ["[withheld: could not be redacted in time]"] * len(values)
+            )
+        for (r, k), val in zip(texts, values, strict=True):
+            r[k] = val if len(val) <= _AUDIT_TEXT_CHARS else val[: _AUDIT_TEXT_CHARS - 1] + "…"
+        return records
 
     async def _call_locked(self, tool: str, args: dict[str, Any]) -> ToolOutcome:
         if self._draining or self._closed:
@@ -359,7 +453,9 @@ class SessionRuntime:
             return ToolOutcome(
                 tool, False, f"{tool}: the sandbox could not start: {failure}", [], outcome="error"
             )
-        carried, self._pending = self._pending, []
+        carried, carried_dropped = self._take_pending()
+        self._egress_reported.clear()
+        self._egress_overflow = False
         call_args = dict(args)
         limit = self.options.settings.limits.timeout_s
         if tool == "bash" and limit is not None:
@@ -376,8 +472,8 @@ class SessionRuntime:
                 self._inflight = None
         if reply is not None and tool == "bash" and self.options.settings.network.enabled:
             await self._settle_egress(reply)
-        violations = [*carried, *self._pending]
-        self._pending = []
+        during, dropped = self._take_pending()
+        violations = [*carried, *during]
         if reply is None:
             await self._after_lost_reply(tool, lost=lost is not None)
             if lost is not None:
@@ -392,6 +488,7 @@ class SessionRuntime:
                 out = ToolOutcome(tool, False, f"{tool}: {INTERRUPTED}", violations, outcome="interrupted")
         else:
             out = self._outcome(tool, args, reply, violations)
+        out.omitted = carried_dropped + dropped
         if tool in _CHANGES_FILES and not (tool == "bash" and args.get("restart")):
             out.snapshot_s, disk = await self._snapshot()
             if disk is not None:
@@ -502,10 +599,34 @@ class SessionRuntime:
     # -- the sandbox
 
     def _on_violation(self, v: Violation) -> None:
-        """Called by the sandbox (its egress proxy) while commands run; it audits them itself."""
-        self._pending.append(v)
-        self._violation_seen.set()
-        self._violation_seen = anyio.Event()
+        """Called by the sandbox (its egress proxy) while commands run; it audits them itself.
+
+        Kept for the running call's result (or the next one's), at most
+        ``_MAX_PENDING`` of them between two results; the rest are counted.
+        """
+        if isinstance(v, EgressDenied):
+            self._egress_denied((v.host, v.port))
+        if len(self._pending) < _MAX_PENDING:
+            self._pending.append(v)
+        else:
+            self._pending_dropped[v.kind] += 1
+
+    def _egress_denied(self, dest: tuple[str, int]) -> None:
+        if len(self._egress_reported) < _MAX_EGRESS_TRACKED:
+            self._egress_reported.add(dest)
+        else:
+            self._egress_overflow = True
+        if self._egress_wait is not None:
+            missing, settled = self._egress_wait
+            missing.discard(dest)
+            if not missing:
+                settled.set()
+
+    def _take_pending(self) -> tuple[list[Violation], Counter[str]]:
+        """The violations reported since the last take, and the per-kind count of those not kept."""
+        taken, self._pending = self._pending, []
+        dropped, self._pending_dropped = self._pending_dropped, Counter()
+        return taken, dropped
 
     async def _settle_egress(self, reply: Reply) -> None:
         """Wait for the proxy's report of denials the output already shows.
@@ -514,14 +635,21 @@ class SessionRuntime:
         connection once it is closed), so a fast command can finish before the
         report arrives. The output names each denied destination; wait for those
         (bounded), so the violation lands in this call's result, not the next one's.
+        Each report strikes its destination off the wait list as it arrives.
         """
         text = reply.result if reply.ok else reply.error
         if not isinstance(text, str):
             return
-        wanted = {(h, int(p)) for h, p in _PROXY_DENIAL.findall(text)}
-        with anyio.move_on_after(_EGRESS_SETTLE_S):
-            while wanted - {(v.host, v.port) for v in self._pending if isinstance(v, EgressDenied)}:
-                await self._violation_seen.wait()
+        missing = {(h, int(p)) for h, p in _PROXY_DENIAL.findall(text)} - self._egress_reported
+        if not missing or self._egress_overflow:  # past the cap, what was reported is not known
+            return
+        settled = anyio.Event()
+        self._egress_wait = (missing, settled)
+        try:
+            with anyio.move_on_after(_EGRESS_SETTLE_S):
+                await settled.wait()
+        finally:
+            self._egress_wait = None
 
     def _prepare(self) -> PrepareReport | None:
         from inwall.sandbox import prepare_workdir, sandbox_identity
@@ -552,7 +680,6 @@ class SessionRuntime:
         if not self._prepared:
             report = await anyio.to_thread.run_sync(self._prepare)
             self._prepared = True
-            self._prepare_report = report
             if report is not None and report.action in ("restored", "restore_failed"):
                 await self._audit(
                     "workspace_restored" if report.action == "restored" else "workspace_restore_failed",
@@ -601,7 +728,6 @@ class SessionRuntime:
                                 "hello",
                                 {
                                     "workdir": str(sandbox.workdir),
-                                    "env": self.options.extra_env,
                                     "bash_output_bytes": bash_output_limit(self.options.settings),
                                 },
                             )
@@ -633,12 +759,29 @@ class SessionRuntime:
             await done.wait()
         self._host_stop = self._host_done = None
 
-    async def _redacted(self, perimeter: Perimeter, content: Any) -> tuple[Any, dict[str, int]] | None:
-        """The redacted content and counts, or None when the redactor missed its deadline."""
+    async def _off_loop_redaction(self, work: Callable[[], _T]) -> _T | None:
+        """``work`` (a redaction) on a thread, within the session's deadline; None when it did not finish.
+
+        The thread holds ``_redact_busy`` while it runs: anyio gives a
+        limiter's token back when it abandons a thread at the deadline, but
+        the thread runs on, so only a lock the thread releases itself keeps a
+        session to one redaction thread. While a late one still runs, the
+        answer is None at once.
+        """
+        busy = self._redact_busy
+        if busy.locked():
+            return None
+
+        def exclusive() -> _T | None:
+            if not busy.acquire(blocking=False):
+                return None
+            try:
+                return work()
+            finally:
+                busy.release()
+
         with anyio.move_on_after(self.options.redact_timeout_s):
-            return await anyio.to_thread.run_sync(
-                partial(_redact, perimeter, content), abandon_on_cancel=True, limiter=self._redact_limiter
-            )
+            return await anyio.to_thread.run_sync(exclusive, abandon_on_cancel=True)
         return None
 
     async def _audit(self, kind: str, **fields: Any) -> None:
@@ -698,8 +841,38 @@ def _redact(perimeter: Perimeter, content: Any) -> tuple[Any, dict[str, int]]:
     return perimeter.redact(content)
 
 
-def _with_violations(content: Any, violations: list[Violation]) -> Any:
-    block = render_violations(violations)
+def _redact_texts(perimeter: Perimeter, texts: list[str]) -> list[str]:
+    return [str(perimeter.redact(text)[0]) for text in texts]
+
+
+def _larger_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (a tool input) holds more than about ``limit`` characters; stops once it does.
+
+    Strings count their length, containers one per item: an estimate of the
+    JSON's size that costs nothing for ordinary inputs.
+    """
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            size += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += len(item)
+            stack.extend(item)
+        else:
+            size += 8
+        if size > limit:
+            return True
+    return False
+
+
+def _with_violations(content: Any, violations: list[Violation], omitted: int = 0) -> Any:
+    block = render_violations(violations, omitted=omitted)
     if not block:
         return content
     if isinstance(content, str):
@@ -709,6 +882,3 @@ def _with_violations(content: Any, violations: list[Violation]) -> Any:
     if isinstance(content, _RemoteException):
         return f"{content.text}\n{block}"
     return content
-
-
-ToolCallable = Callable[..., Any]

@@ -11,15 +11,13 @@ marked broken and the session starts a fresh one.
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from inwall.errors import RemoteProtocolError, Unavailable
+from inwall.sandbox.access import sandbox_python  # re-exported: inwall.worker.program uses it
 from inwall.worker.protocol import Reply, ShimProtocol
 
 if TYPE_CHECKING:
@@ -38,37 +36,6 @@ class ShimLost(Unavailable):
 def shim_source() -> str:
     """The shim program's text (passed with ``-c``: the sandbox uid may not be able to read the package)."""
     return (Path(__file__).with_name("_shim.py")).read_text(encoding="utf-8")
-
-
-def _searchable_by(path: str, uid: int, gid: int) -> bool:
-    parts = Path(path).parents
-    for anc in [*reversed(parts), Path(path)]:
-        try:
-            st = os.stat(anc)
-        except OSError:
-            return False
-        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
-        if anc != Path(path) and not st.st_mode & bit:
-            return False
-    return True
-
-
-def sandbox_python(uid: int, gid: int) -> str:
-    """A Python 3.8+ the sandbox uid can execute: this interpreter when it can, else the system one."""
-    candidates = [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
-    for cand in candidates:
-        real = os.path.realpath(cand)
-        if not os.path.isfile(real) or not _searchable_by(real, uid, gid):
-            continue
-        mode = os.stat(real).st_mode
-        if uid == os.geteuid() and os.access(real, os.X_OK):
-            return real
-        if mode & stat.S_IXOTH:
-            return real
-    raise Unavailable(
-        f"no Python interpreter the sandbox uid {uid} can execute (the worker's tools run one inside the "
-        "sandbox): `apt-get install python3-minimal`"
-    )
 
 
 def shim_argv(python: str) -> list[str]:
