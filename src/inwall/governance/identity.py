@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from inwall.audit import canonical_json
 from inwall.errors import ConfigError, InvalidInput, InwallError
 from inwall.governance.errors import IdentityError
+from inwall.governance.jwtcheck import decode_signed
 from inwall.governance.model import Identity
 
 __all__ = [
@@ -311,32 +312,15 @@ class IdentityVerifier:
             raise _refuse("bad_algorithm", f"algorithm must be {_ALGORITHM}")
         if header.get("typ") != TOKEN_TYPE:
             raise _refuse("malformed", f"token type must be {TOKEN_TYPE}")
-        try:
-            payload: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=[_ALGORITHM],
-                audience=self._audience,
-                issuer=self._issuer,
-                options={
-                    "require": list(_REQUIRED),
-                    "verify_exp": False,  # checked below against the injectable clock
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidSignatureError as exc:
-            raise _refuse("bad_signature", "bad signature (forged, or signed by another key)") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise _refuse("wrong_audience", "wrong audience") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise _refuse("wrong_issuer", "wrong issuer") from exc
-        except jwt.InvalidAlgorithmError as exc:
-            raise _refuse("bad_algorithm", f"algorithm must be {_ALGORITHM}") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise _refuse("missing_claim", f"missing claim {exc.claim!r}") from exc
-        except jwt.InvalidTokenError as exc:
-            raise _refuse("malformed", "malformed token") from exc
+        payload = decode_signed(
+            token,
+            self._key,
+            algorithms=[_ALGORITHM],
+            audience=self._audience,
+            issuer=self._issuer,
+            require=_REQUIRED,
+            refuse=_refuse,
+        )
 
         now = self._clock()
         iat, nbf, exp = (_number(payload, name) for name in ("iat", "nbf", "exp"))

@@ -38,6 +38,7 @@ import jwt
 
 from inwall.errors import ConfigError, Unavailable
 from inwall.governance.errors import IdentityError
+from inwall.governance.jwtcheck import decode_signed
 from inwall.governance.model import Identity
 
 __all__ = ["DEFAULT_ALGORITHMS", "OidcValidator"]
@@ -145,30 +146,15 @@ class OidcValidator:
             key = jwt.PyJWK(jwk_data, algorithm=alg).key
         except jwt.PyJWTError as exc:
             raise _refuse("bad_algorithm", "the token's algorithm does not fit its key") from exc
-        try:
-            payload: dict[str, Any] = jwt.decode(
-                id_token,
-                key,
-                algorithms=[alg],
-                audience=self._audiences,
-                issuer=frozenset(self._issuers),
-                options={
-                    "require": ["iss", "sub", "aud", "exp", "iat"],
-                    "verify_exp": False,  # checked below against the injectable clock
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidSignatureError as exc:
-            raise _refuse("bad_signature", "bad signature") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise _refuse("wrong_audience", "wrong audience") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise _refuse("wrong_issuer", "wrong issuer") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise _refuse("missing_claim", f"missing claim {exc.claim!r}") from exc
-        except jwt.InvalidTokenError as exc:
-            raise _refuse("malformed", "malformed token") from exc
+        payload = decode_signed(
+            id_token,
+            key,
+            algorithms=[alg],
+            audience=self._audiences,
+            issuer=sorted(self._issuers),
+            require=("iss", "sub", "aud", "exp", "iat"),
+            refuse=_refuse,
+        )
         self._check_times(payload)
         return self._identity_of(payload)
 

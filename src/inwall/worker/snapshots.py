@@ -52,6 +52,7 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -436,37 +437,34 @@ class WorkspaceSnapshots:
         changed = entries.keys() != self.baseline.keys() or any(
             not e.same_content(self.baseline[p]) for p, e in entries.items()
         )
+        report = partial(
+            SnapshotReport,
+            files=files,
+            total_bytes=total,
+            hashed_files=counters["hashed_files"],
+            hashed_bytes=counters["hashed_bytes"],
+            new_blobs=counters["new_blobs"],
+            new_blob_bytes=counters["new_blob_bytes"],
+        )
         if not changed or truncated:
             self.baseline = entries if not truncated else self.baseline
-            return SnapshotReport(
+            return report(
                 changed=False,
                 manifest=self.manifest,
                 seq=self.seq,
-                files=files,
-                total_bytes=total,
                 duration_s=time.monotonic() - start,
                 truncated=truncated,
-                hashed_files=counters["hashed_files"],
-                hashed_bytes=counters["hashed_bytes"],
-                new_blobs=counters["new_blobs"],
-                new_blob_bytes=counters["new_blob_bytes"],
             )
         names = self.store.list_manifests(self.session_id)
         if names and _seq_of(names[-1]) > self.seq and self._newer_claim(names[-1]):
             # another worker claimed the session after this one (which lost its lease mid-call):
             # its snapshot wins, and this workspace is no longer the session's
-            return SnapshotReport(
+            return report(
                 changed=False,
                 manifest=self.manifest,
                 seq=self.seq,
-                files=files,
-                total_bytes=total,
                 duration_s=time.monotonic() - start,
                 superseded=True,
-                hashed_files=counters["hashed_files"],
-                hashed_bytes=counters["hashed_bytes"],
-                new_blobs=counters["new_blobs"],
-                new_blob_bytes=counters["new_blob_bytes"],
             )
         # a latest manifest from an older claim is a stale writer's late snapshot: write above it
         seq = max(self.seq, _seq_of(names[-1]) if names else 0) + 1
@@ -485,18 +483,7 @@ class WorkspaceSnapshots:
         )
         self.seq, self.manifest, self.baseline = seq, name, entries
         self._prune()
-        return SnapshotReport(
-            changed=True,
-            manifest=name,
-            seq=seq,
-            files=files,
-            total_bytes=total,
-            duration_s=time.monotonic() - start,
-            hashed_files=counters["hashed_files"],
-            hashed_bytes=counters["hashed_bytes"],
-            new_blobs=counters["new_blobs"],
-            new_blob_bytes=counters["new_blob_bytes"],
-        )
+        return report(changed=True, manifest=name, seq=seq, duration_s=time.monotonic() - start)
 
     def _newer_claim(self, name: str) -> bool:
         """Whether manifest ``name`` came from a claim that began after this one (unreadable: assume so)."""
