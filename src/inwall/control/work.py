@@ -74,7 +74,19 @@ class WorkQueue:
     # -- queueing --------------------------------------------------------------
 
     async def ensure_work(self, tx: Tx, session_id: str, environment_id: str) -> str | None:
-        """Queue an item for the session unless one is already live; returns the new item's id."""
+        """Queue an item for the session unless one is already live or the session ended; the new id.
+
+        The session is checked here, in the writing transaction: a runner decides to
+        queue work before it gets the write lock, and a delete or archive may commit
+        while it waits for it.
+        """
+        session = (
+            await tx.conn.execute(
+                sa.select(s.sessions.c.status, s.sessions.c.deleted_at).where(s.sessions.c.id == session_id)
+            )
+        ).first()
+        if session is None or session.deleted_at is not None or session.status == "terminated":
+            return None
         live = await tx.conn.execute(
             sa.select(s.work_items.c.id).where(
                 s.work_items.c.session_id == session_id, s.work_items.c.state.in_(LIVE)
